@@ -1,0 +1,206 @@
+//! The envelope every WorkOS delivery shares: `{"id", "event", "data", "created_at", …}`.
+//!
+//! The receiver only needs `id` and `event` to store a delivery; everything else is kept as
+//! received and read by the worker. Parsing borrows from the body, so reading the envelope of
+//! a 1 KB delivery allocates nothing in the common case.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The longest `id` or `event` accepted. WorkOS ids are about 32 characters.
+pub const MAX_FIELD_LEN: usize = 256;
+
+/// The deepest nesting of arrays and objects accepted. WorkOS events nest about 5 levels;
+/// Postgres refuses very deep JSON, so such a body is turned away before it reaches the inbox.
+pub const MAX_DEPTH: usize = 64;
+
+/// The parts of a delivery's body that dsyncd reads.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    /// The event id, stable across retries (`event_…`; very old deliveries used `wh_…`).
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// The event type, e.g. `dsync.user.created`.
+    #[serde(borrow)]
+    pub event: Cow<'a, str>,
+    /// The event's object, unparsed.
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+    /// When WorkOS created the event; absent on very old deliveries. Any JSON type is
+    /// accepted here and only a string is used, so an odd value never rejects a delivery.
+    #[serde(borrow, default)]
+    pub created_at: Option<&'a RawValue>,
+}
+
+/// Why a body is not an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not JSON, or not an object with string `id` and `event`.
+    #[error("the body is not a JSON event object: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Arrays and objects nest deeper than [`MAX_DEPTH`].
+    #[error("the body nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// `id` or `event` is empty, too long or has control characters.
+    #[error("`{field}` must be 1 to {MAX_FIELD_LEN} characters without control characters")]
+    Field {
+        /// The offending field.
+        field: &'static str,
+    },
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads the envelope of a delivery body. The whole body must be one valid JSON value.
+    pub fn parse(body: &'a [u8]) -> Result<Self, EnvelopeError> {
+        if nesting_depth(body) > MAX_DEPTH {
+            return Err(EnvelopeError::TooDeep);
+        }
+        let envelope: Envelope<'a> = serde_json::from_slice(body)?;
+        check_field("id", &envelope.id)?;
+        check_field("event", &envelope.event)?;
+        Ok(envelope)
+    }
+
+    /// The envelope's `created_at`, parsed leniently (see [`parse_timestamp`]).
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        let raw = self.created_at?;
+        let text: Cow<'_, str> = serde_json::from_str(raw.get()).ok()?;
+        parse_timestamp(&text)
+    }
+}
+
+/// The deepest nesting of `[` and `{` outside strings. Cheap enough to run on every body:
+/// serde_json skips `data` without a depth limit, and Postgres has one.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn check_field(field: &'static str, value: &str) -> Result<(), EnvelopeError> {
+    let ok =
+        !value.is_empty() && value.len() <= MAX_FIELD_LEN && !value.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(EnvelopeError::Field { field })
+    }
+}
+
+/// Parses a WorkOS timestamp: RFC 3339 (`2021-06-25T19:07:33.155Z`), or the zone-less form some
+/// samples show (`2023-04-28 20:05:31.093`, read as UTC).
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(parsed) = DateTime::parse_from_rfc3339(text) {
+        return Some(parsed.with_timezone(&Utc));
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .map(|naive| naive.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_id_event_and_created_at() {
+        let body = br#"{"object":"event","id":"event_1","event":"dsync.user.created","data":{"id":"u"},"created_at":"2021-06-25T19:07:33.155Z"}"#;
+        let envelope = Envelope::parse(body).unwrap();
+        assert_eq!(envelope.id, "event_1");
+        assert_eq!(envelope.event, "dsync.user.created");
+        assert_eq!(envelope.data.unwrap().get(), r#"{"id":"u"}"#);
+        assert_eq!(
+            envelope.created_at().unwrap().to_rfc3339(),
+            "2021-06-25T19:07:33.155+00:00"
+        );
+    }
+
+    #[test]
+    fn accepts_legacy_envelopes_without_created_at_or_data() {
+        let envelope = Envelope::parse(br#"{"id":"wh_1","event":"dsync.deactivated"}"#).unwrap();
+        assert!(envelope.created_at().is_none());
+        assert!(envelope.data.is_none());
+    }
+
+    #[test]
+    fn an_odd_created_at_does_not_reject_the_event() {
+        let envelope = Envelope::parse(br#"{"id":"e","event":"x","created_at":12}"#).unwrap();
+        assert!(envelope.created_at().is_none());
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_event() {
+        for body in [
+            &b""[..],
+            b"[]",
+            b"null",
+            b"{}",
+            b"{\"id\":1,\"event\":\"x\"}",
+            b"{\"id\":\"e\",\"event\":[]}",
+            b"{\"id\":\"e\"}",
+            b"{\"id\":\"e\",\"event\":\"x\"} trailing",
+            b"{\"id\":\"\",\"event\":\"x\"}",
+            b"{\"id\":\"e\\u0000\",\"event\":\"x\"}",
+            b"{\"id\":\"e\",\"event\":\"x\",\"data\":\xff}",
+        ] {
+            assert!(
+                Envelope::parse(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_deep_nesting_without_overflowing_the_stack() {
+        let body = format!(
+            r#"{{"id":"e","event":"x","data":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(Envelope::parse(body.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn counts_nesting_outside_strings_only() {
+        assert_eq!(nesting_depth(br#"{"a":[1,{"b":"[[[{{"}]}"#), 3);
+        assert_eq!(nesting_depth(br#"{"a":"\\\"[["}"#), 1);
+    }
+
+    #[test]
+    fn parses_both_timestamp_forms() {
+        assert!(parse_timestamp("2021-06-25T19:07:33.155Z").is_some());
+        assert!(parse_timestamp("2021-06-25T19:07:33+02:00").is_some());
+        assert_eq!(
+            parse_timestamp("2023-04-28 20:05:31.093")
+                .unwrap()
+                .to_rfc3339(),
+            "2023-04-28T20:05:31.093+00:00"
+        );
+        assert!(parse_timestamp("yesterday").is_none());
+    }
+}

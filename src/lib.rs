@@ -1,0 +1,7 @@
+//! dsyncd receives WorkOS Directory Sync webhooks and keeps an exact copy of every directory in
+//! Postgres. See `docs/ARCHITECTURE.md` for how the modules fit together.
+
+pub mod envelope;
+pub mod handler;
+
+pub use handler::{Event, EventHandler, HandlerError};
