@@ -29,3 +29,15 @@ CREATE INDEX inbox_finished_idx ON workos.inbox (finished_at)
     WHERE status IN ('done', 'ignored');
 -- Operators list dead rows.
 CREATE INDEX inbox_dead_idx ON workos.inbox (finished_at) WHERE status = 'dead';
+
+-- Wake the workers (LISTEN workos_inbox) whenever deliveries are inserted. Statement-level, so
+-- a group commit of many deliveries sends one notification, delivered when it commits.
+CREATE FUNCTION workos.notify_inbox() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('workos_inbox', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER inbox_notify AFTER INSERT ON workos.inbox
+    FOR EACH STATEMENT EXECUTE FUNCTION workos.notify_inbox();

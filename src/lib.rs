@@ -1,7 +1,23 @@
 //! dsyncd receives WorkOS Directory Sync webhooks and keeps an exact copy of every directory in
-//! Postgres. See `docs/ARCHITECTURE.md` for how the modules fit together.
+//! Postgres.
+//!
+//! - [`receiver`]: the HTTP edge; verifies ([`signature`]), reads the [`envelope`] and stores
+//!   through [`ingest`] (group commit) into the [`inbox`];
+//! - [`worker`]: drains the inbox into [`handler`]s, the built-in one keeping the synced tables;
+//! - [`app`]: builds all of it from a [`config::Config`]; [`telemetry`]: logging.
+//!
+//! `docs/ARCHITECTURE.md` tells how the parts fit together.
 
+pub mod app;
+pub mod config;
 pub mod envelope;
 pub mod handler;
+pub mod inbox;
+pub mod ingest;
+pub mod receiver;
+pub mod signature;
+pub mod telemetry;
+pub mod worker;
 
+pub use app::{Role, Service};
 pub use handler::{Event, EventHandler, HandlerError};

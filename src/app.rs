@@ -1,0 +1,215 @@
+//! Start-up: builds the service from a [`Config`] and runs its roles until shutdown.
+//!
+//! `main` only parses the command line, loads the configuration and turns signals into a
+//! [`CancellationToken`]; everything else starts here, so that tests and embedding
+//! applications start the service exactly as the binary does (binding port 0 if they like).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{Config, ConfigError};
+use crate::handler::EventHandler;
+use crate::ingest::Ingest;
+use crate::receiver::Receiver;
+use crate::signature::Verifier;
+use crate::worker::Worker;
+
+/// The embedded migrations (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Which halves of the service a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The receiver and the worker.
+    All,
+    /// Only `POST /webhooks/workos` (and the health endpoints).
+    Receiver,
+    /// Only the worker (and the health endpoints).
+    Worker,
+}
+
+impl Role {
+    fn receives(self) -> bool {
+        matches!(self, Role::All | Role::Receiver)
+    }
+
+    fn works(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+/// A pool for `config`: bounded in size, wait and statement time, so that an unavailable
+/// database turns into quick errors instead of hanging requests. It connects lazily.
+pub fn connect(config: &Config) -> Result<PgPool, ConfigError> {
+    let url = config.database_url()?;
+    let timeout = Duration::from_millis(config.database.timeout_ms);
+    let options: PgConnectOptions = url.parse().map_err(|_| ConfigError::Invalid {
+        key: "database.url",
+        problem: "is not a valid Postgres URL".to_owned(),
+    })?;
+    let options = options
+        .application_name("dsyncd")
+        .options([("statement_timeout", config.database.timeout_ms.to_string())]);
+    Ok(PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(timeout)
+        .connect_lazy_with(options))
+}
+
+/// Applies the migrations that are not applied yet.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// The service: a pool, the configuration and the handlers the worker runs.
+pub struct Service {
+    config: Config,
+    pool: PgPool,
+    handlers: Vec<Arc<dyn EventHandler>>,
+}
+
+impl Service {
+    /// Validates `config` and prepares the pool (no connection is made yet). The built-in
+    /// directory handler is registered; add your own with [`Service::with_handler`].
+    pub fn new(config: Config) -> Result<Service, ConfigError> {
+        let pool = connect(&config)?;
+        Self::with_pool(config, pool)
+    }
+
+    /// Like [`Service::new`], with a pool of the caller's (an embedding application's, or a
+    /// test's); `database.url` is not used then.
+    pub fn with_pool(config: Config, pool: PgPool) -> Result<Service, ConfigError> {
+        config.validate()?;
+        Ok(Service {
+            config,
+            pool,
+            handlers: Vec::new(),
+        })
+    }
+
+    /// Adds an event handler next to the built-in one.
+    pub fn with_handler(mut self, handler: impl EventHandler) -> Self {
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// The pool the service uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A worker with the service's handlers.
+    pub fn worker(&self) -> Worker {
+        let worker = Worker::new(self.pool.clone(), self.config.worker.clone());
+        self.handlers.iter().fold(worker, |worker, handler| {
+            worker.with_shared_handler(handler.clone())
+        })
+    }
+
+    /// Binds `server.listen` and runs until `shutdown`.
+    pub async fn run(self, role: Role, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(self.config.server.listen).await?;
+        self.run_on(listener, role, shutdown).await
+    }
+
+    /// Runs `role` on `listener` until `shutdown`: stops accepting, lets in-flight requests and
+    /// the batch in flight finish within their grace periods, and returns.
+    pub async fn run_on(
+        self,
+        listener: TcpListener,
+        role: Role,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        self.check_schema().await?;
+        tracing::info!(address = %listener.local_addr()?, ?role, "dsyncd listening");
+
+        let worker = role
+            .works()
+            .then(|| tokio::spawn(self.worker().run(shutdown.clone())));
+        let (router, writer) = if role.receives() {
+            let (ingest, writer) = Ingest::start(self.pool.clone(), &self.config);
+            let verifier = Verifier::new(&self.config.webhook.secrets, self.config.tolerance());
+            let receiver = Receiver::new(
+                verifier,
+                ingest,
+                self.pool.clone(),
+                self.config.server.body_limit_bytes,
+            );
+            (receiver.router(), Some(writer))
+        } else {
+            (Receiver::health_router(self.pool.clone()), None)
+        };
+        let router = self.layers(router);
+
+        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
+        let stopping = shutdown.clone();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            stopping.cancelled().await;
+        });
+        let server = tokio::spawn(async move { server.await });
+        shutdown.cancelled().await;
+        if tokio::time::timeout(grace, server).await.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "requests still running at the end of the grace period"
+            );
+        }
+        // The router, and with it the last handle on the writer, is gone: the writer flushes
+        // what is queued and stops.
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        tracing::info!("dsyncd stopped");
+        Ok(())
+    }
+
+    fn layers(&self, router: Router) -> Router {
+        let timeout = Duration::from_millis(self.config.server.request_timeout_ms);
+        router
+            .layer(TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                timeout,
+            ))
+            .layer(TraceLayer::new_for_http())
+    }
+
+    /// Refuses to start on a database that lacks migrations; starts anyway if the database
+    /// cannot be reached now (it may come up after us), since every request then gets 503.
+    async fn check_schema(&self) -> anyhow::Result<()> {
+        let applied: Result<Vec<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await;
+        match applied {
+            Ok(applied) => {
+                let missing = MIGRATOR
+                    .iter()
+                    .filter(|migration| !applied.contains(&migration.version))
+                    .count();
+                anyhow::ensure!(
+                    missing == 0,
+                    "the database lacks {missing} migration(s): run `dsyncd migrate` first"
+                );
+                Ok(())
+            }
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => {
+                anyhow::bail!("the database has no dsyncd tables: run `dsyncd migrate` first")
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot reach the database yet; starting anyway");
+                Ok(())
+            }
+        }
+    }
+}

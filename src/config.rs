@@ -1,0 +1,458 @@
+//! Configuration: one typed struct, layered defaults < file < environment, validated once at
+//! start-up with errors that name the key.
+//!
+//! Every key, its default and its environment name are documented in `config.example.toml`.
+//! Three environment names are fixed because users and tests rely on them: `DATABASE_URL`,
+//! `WORKOS_WEBHOOK_SECRET` (comma-separated while a secret is rotated) and `DSYNCD_LISTEN`.
+//! Any other key can be set as `DSYNCD_<SECTION>__<KEY>`, e.g. `DSYNCD_WORKER__BATCH_SIZE=200`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A value that must never be printed: `Debug` and `Serialize` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// Webhook verification.
+    pub webhook: WebhookConfig,
+    /// The Postgres connection.
+    pub database: DatabaseConfig,
+    /// The group-commit writer behind the receiver.
+    pub ingest: IngestConfig,
+    /// The worker that drains the inbox.
+    pub worker: WorkerConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on (`DSYNCD_LISTEN`).
+    pub listen: SocketAddr,
+    /// Largest accepted request body; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// A request (body included) taking longer than this gets 408, so slow clients cannot
+    /// hold connections.
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[webhook]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Endpoint secrets from the WorkOS dashboard (`WORKOS_WEBHOOK_SECRET`, comma-separated).
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub secrets: Vec<Secret>,
+    /// Largest accepted distance between the signature's timestamp and now, either way.
+    pub tolerance_secs: u64,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Postgres URL (`DATABASE_URL`).
+    pub url: Option<Secret>,
+    /// Connections in the pool of one process.
+    pub max_connections: u32,
+    /// Longest wait for a connection, and longest statement; past it the receiver answers 503.
+    pub timeout_ms: u64,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most deliveries written in one commit.
+    pub max_batch: usize,
+    /// Deliveries that may wait for a commit; past it the receiver answers 503.
+    pub queue_capacity: usize,
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Events claimed and applied in one transaction.
+    pub batch_size: u32,
+    /// How long a claim lasts; events of a worker that died are claimed again after it.
+    pub lease_secs: u64,
+    /// Polling interval when no notification arrives.
+    pub poll_interval_ms: u64,
+    /// Attempts before an event is `dead`.
+    pub max_attempts: u32,
+    /// First retry delay; doubles with each attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay.
+    pub backoff_max_secs: u64,
+    /// How long in-flight batches may take to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json`.
+    pub format: LogFormat,
+    /// Filter directives when `RUST_LOG` is not set, e.g. `info,dsyncd=debug`.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secrets: Vec::new(),
+            tolerance_secs: 180,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 8,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch: 512,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            batch_size: 500,
+            lease_secs: 60,
+            poll_interval_ms: 1_000,
+            max_attempts: 10,
+            backoff_base_ms: 1_000,
+            backoff_max_secs: 3_600,
+            shutdown_grace_ms: 20_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            webhook: WebhookConfig::default(),
+            database: DatabaseConfig::default(),
+            ingest: IngestConfig::default(),
+            worker: WorkerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or the environment does not fit the configuration's types.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of its range, or a required value is missing.
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid {
+        /// The offending key, e.g. `worker.batch_size`.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::figment(file)
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+
+    fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(PathBuf::from(file)));
+        }
+        figment
+            .merge(
+                Env::prefixed("DSYNCD_")
+                    .split("__")
+                    .ignore(&["LISTEN", "CONFIG"]),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database.url".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["WORKOS_WEBHOOK_SECRET"])
+                    .map(|_| "webhook.secrets".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["DSYNCD_LISTEN"])
+                    .map(|_| "server.listen".into()),
+            )
+    }
+
+    /// The database URL, or an error naming the key.
+    pub fn database_url(&self) -> Result<&str, ConfigError> {
+        self.database
+            .url
+            .as_ref()
+            .map(Secret::expose)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "database.url",
+                problem: "is not set (set DATABASE_URL)".to_owned(),
+            })
+    }
+
+    /// Checks what the types cannot: ranges, and the secrets the service needs to run. (The
+    /// database URL is checked where a pool is made: an embedding application may bring its
+    /// own pool.)
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.webhook.secrets.iter().all(|s| s.expose().is_empty()) {
+            return invalid(
+                "webhook.secrets",
+                "is empty (set WORKOS_WEBHOOK_SECRET to the endpoint secret from the WorkOS dashboard)",
+            );
+        }
+        let positive: [(&'static str, u64); 10] = [
+            (
+                "server.body_limit_bytes",
+                self.server.body_limit_bytes as u64,
+            ),
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+            (
+                "database.max_connections",
+                self.database.max_connections.into(),
+            ),
+            ("database.timeout_ms", self.database.timeout_ms),
+            ("ingest.max_batch", self.ingest.max_batch as u64),
+            ("ingest.queue_capacity", self.ingest.queue_capacity as u64),
+            ("worker.batch_size", self.worker.batch_size.into()),
+            ("worker.lease_secs", self.worker.lease_secs),
+            ("worker.poll_interval_ms", self.worker.poll_interval_ms),
+            ("worker.max_attempts", self.worker.max_attempts.into()),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if self.database.max_connections < 2 {
+            return invalid("database.max_connections", "must be at least 2");
+        }
+        Ok(())
+    }
+
+    /// `webhook.tolerance_secs` as a duration.
+    pub fn tolerance(&self) -> Duration {
+        Duration::from_secs(self.webhook.tolerance_secs)
+    }
+}
+
+fn invalid(key: &'static str, problem: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        problem: problem.to_owned(),
+    })
+}
+
+/// Accepts `["a", "b"]` (file) or `"a,b"` (environment).
+fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    let values = match ListOrString::deserialize(d)? {
+        ListOrString::List(list) => list,
+        ListOrString::String(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(values
+        .into_iter()
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+        .map(Secret)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "dsyncd.toml",
+                "[worker]\nbatch_size = 100\nlease_secs = 5\n[webhook]\nsecrets = [\"file\"]\n",
+            )?;
+            jail.set_env("DSYNCD_WORKER__BATCH_SIZE", "200");
+            jail.set_env("WORKOS_WEBHOOK_SECRET", "old, new");
+            jail.set_env("DSYNCD_LISTEN", "127.0.0.1:9000");
+            jail.set_env("DATABASE_URL", "postgres://localhost/db");
+            let config = Config::load(Some(Path::new("dsyncd.toml"))).unwrap();
+            assert_eq!(config.worker.batch_size, 200);
+            assert_eq!(config.worker.lease_secs, 5);
+            assert_eq!(config.worker.max_attempts, 10);
+            assert_eq!(
+                config.webhook.secrets,
+                vec![Secret::new("old"), Secret::new("new")]
+            );
+            assert_eq!(config.server.listen.to_string(), "127.0.0.1:9000");
+            assert_eq!(config.database_url().unwrap(), "postgres://localhost/db");
+            config.validate().unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DSYNCD_LISTEN", "not an address");
+            let error = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(error.contains("server.listen"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[worker]\nbatch_sise = 1\n")?;
+            let error = Config::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("batch_sise"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://x/y");
+            jail.set_env("WORKOS_WEBHOOK_SECRET", "s");
+            jail.set_env("DSYNCD_WORKER__BATCH_SIZE", "0");
+            let error = Config::load(None)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("worker.batch_size"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_secret_is_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://x/y");
+            let error = Config::load(None)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("webhook.secrets") && error.contains("WORKOS_WEBHOOK_SECRET"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WORKOS_WEBHOOK_SECRET", "whsec_do_not_print");
+            jail.set_env("DATABASE_URL", "postgres://user:pw_do_not_print@db/x");
+            let config = Config::load(None).unwrap();
+            let debug = format!("{config:?}");
+            let toml = serde_json::to_string(&config).unwrap();
+            for shown in [debug, toml] {
+                assert!(!shown.contains("do_not_print"), "{shown}");
+                assert!(shown.contains("[redacted]"));
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,206 @@
+//! Group commit: many concurrent deliveries share one insert and one commit.
+//!
+//! Each request hands its delivery to a queue and waits for the answer. One writer task takes
+//! whatever is queued when it starts a flush (up to `ingest.max_batch`), inserts it all in one
+//! statement, and only after the commit answers each request. One flush is in flight at a
+//! time: while it runs, the next batch gathers, so under load commits grow instead of
+//! multiplying, and with one sender each delivery is its own commit with no added wait.
+//!
+//! A request is never answered `Stored` before its own row is committed. If the database fails
+//! or is slower than `database.timeout_ms`, every request of that flush gets an error (503),
+//! even though some rows may have been committed: WorkOS then retries, and the retry is a
+//! duplicate, which is a success.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::inbox::{self, NewDelivery};
+
+/// What became of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed now.
+    New,
+    /// Already stored earlier (a redelivery); nothing was written.
+    Duplicate,
+}
+
+/// Why a delivery was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The database failed or did not answer in time; the sender should retry.
+    #[error("the database is unavailable")]
+    Unavailable,
+    /// Too many deliveries are waiting for a commit; the sender should retry.
+    #[error("too many deliveries are waiting to be stored")]
+    Overloaded,
+    /// Postgres refused this delivery's data (it would never be stored). Holds the SQLSTATE
+    /// code only: the message could quote the body.
+    #[error("the database refused the event's data (SQLSTATE {0})")]
+    Refused(String),
+    /// The writer has stopped (the service is shutting down).
+    #[error("the service is shutting down")]
+    Stopped,
+}
+
+type Reply = Result<Stored, IngestError>;
+
+struct Job {
+    delivery: NewDelivery,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The handle requests use to store deliveries. Cheap to clone; the writer stops when the
+/// last handle is dropped, after flushing what was queued.
+#[derive(Clone)]
+pub struct Ingest {
+    queue: mpsc::Sender<Job>,
+    timeout: Duration,
+}
+
+impl Ingest {
+    /// Starts the writer task.
+    pub fn start(pool: PgPool, config: &Config) -> (Ingest, JoinHandle<()>) {
+        let (queue, jobs) = mpsc::channel(config.ingest.queue_capacity);
+        let timeout = Duration::from_millis(config.database.timeout_ms);
+        let writer = Writer {
+            pool,
+            jobs,
+            max_batch: config.ingest.max_batch,
+            timeout,
+        };
+        let task = tokio::spawn(writer.run());
+        (Ingest { queue, timeout }, task)
+    }
+
+    /// Stores one delivery; returns once it is committed, or with the reason it is not.
+    pub async fn store(&self, delivery: NewDelivery) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job { delivery, reply })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => IngestError::Stopped,
+            })?;
+        // A flush ahead of ours may use its whole timeout before ours starts.
+        match tokio::time::timeout(self.timeout * 2, answer).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(IngestError::Stopped),
+            Err(_) => Err(IngestError::Unavailable),
+        }
+    }
+}
+
+struct Writer {
+    pool: PgPool,
+    jobs: mpsc::Receiver<Job>,
+    max_batch: usize,
+    timeout: Duration,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while self.jobs.recv_many(&mut batch, self.max_batch).await > 0 {
+            // Requests that gave up (timed out, client gone) need no row.
+            batch.retain(|job: &Job| !job.reply.is_closed());
+            if !batch.is_empty() {
+                self.flush(&mut batch).await;
+            }
+            batch.clear();
+        }
+    }
+
+    async fn flush(&self, batch: &mut Vec<Job>) {
+        let deliveries: Vec<NewDelivery> = batch.iter().map(|job| job.delivery.clone()).collect();
+        match self.insert(&deliveries).await {
+            Ok(new_ids) => answer_all(batch, &new_ids),
+            // Postgres refused some row's data: the batch is all or nothing, so store each
+            // delivery on its own to find the one to refuse.
+            Err(InsertError::Refused(_)) if batch.len() > 1 => {
+                for job in batch.drain(..) {
+                    let reply = match self.insert(std::slice::from_ref(&job.delivery)).await {
+                        Ok(new_ids) => Ok(stored_as(new_ids.is_empty())),
+                        Err(error) => Err(error.into()),
+                    };
+                    let _ = job.reply.send(reply);
+                }
+            }
+            Err(error) => {
+                let error = IngestError::from(error);
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    async fn insert(&self, deliveries: &[NewDelivery]) -> Result<Vec<String>, InsertError> {
+        match tokio::time::timeout(self.timeout, inbox::insert(&self.pool, deliveries)).await {
+            Ok(Ok(new_ids)) => Ok(new_ids),
+            Ok(Err(error)) => Err(InsertError::classify(error)),
+            Err(_) => {
+                tracing::error!(
+                    deliveries = deliveries.len(),
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "storing deliveries timed out"
+                );
+                Err(InsertError::Unavailable)
+            }
+        }
+    }
+}
+
+fn stored_as(duplicate: bool) -> Stored {
+    if duplicate {
+        Stored::Duplicate
+    } else {
+        Stored::New
+    }
+}
+
+/// Answers every job of a committed batch. The same id may be queued twice; the first is the
+/// new one.
+fn answer_all(batch: &mut Vec<Job>, new_ids: &[String]) {
+    let mut new: HashSet<&str> = new_ids.iter().map(String::as_str).collect();
+    for job in batch.drain(..) {
+        let duplicate = !new.remove(job.delivery.id.as_str());
+        let _ = job.reply.send(Ok(stored_as(duplicate)));
+    }
+}
+
+enum InsertError {
+    Unavailable,
+    Refused(String),
+}
+
+impl InsertError {
+    fn classify(error: sqlx::Error) -> InsertError {
+        // SQLSTATE class 22 (data exception) and 54 (program limit, e.g. nesting) are about the
+        // row itself; everything else is about the database.
+        if let Some(db) = error.as_database_error() {
+            if let Some(code) = db.code() {
+                if code.starts_with("22") || code.starts_with("54") {
+                    return InsertError::Refused(code.into_owned());
+                }
+            }
+        }
+        tracing::error!(error = %error, "storing deliveries failed");
+        // (sqlx's Display of a connection or protocol error carries no row data.)
+        InsertError::Unavailable
+    }
+}
+
+impl From<InsertError> for IngestError {
+    fn from(error: InsertError) -> Self {
+        match error {
+            InsertError::Unavailable => IngestError::Unavailable,
+            InsertError::Refused(message) => IngestError::Refused(message),
+        }
+    }
+}

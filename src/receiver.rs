@@ -1,0 +1,213 @@
+//! The HTTP edge (process A): `POST /webhooks/workos`, `GET /healthz`, `GET /readyz`.
+//!
+//! The order is verify, persist, acknowledge: the signature is checked on the raw body bytes
+//! before anything reads them, the envelope is read, the delivery is committed to the inbox
+//! (see [`crate::ingest`]), and only then does the request get its 200. A redelivery of a stored
+//! id is a success. Rejections are logged at `warn` with their reason, never with the body, the
+//! header or a secret.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::envelope::Envelope;
+use crate::inbox::NewDelivery;
+use crate::ingest::{Ingest, IngestError, Stored};
+use crate::signature::{SignatureError, Verifier, HEADER};
+
+/// The path WorkOS posts to.
+pub const WEBHOOK_PATH: &str = "/webhooks/workos";
+
+/// What the receiver's routes share.
+#[derive(Clone)]
+pub struct Receiver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    verifier: Verifier,
+    ingest: Ingest,
+    pool: PgPool,
+    body_limit: usize,
+}
+
+/// `/readyz` answers 503 if the database takes longer than this.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Receiver {
+    /// A receiver storing through `ingest` (see [`Ingest::start`]).
+    pub fn new(verifier: Verifier, ingest: Ingest, pool: PgPool, body_limit: usize) -> Self {
+        Receiver {
+            inner: Arc::new(Inner {
+                verifier,
+                ingest,
+                pool,
+                body_limit,
+            }),
+        }
+    }
+
+    /// The webhook route and the health routes, ready to be served or merged into an existing
+    /// axum application.
+    pub fn router(self) -> Router {
+        let health = Self::health_router(self.inner.pool.clone());
+        Router::new()
+            .route(WEBHOOK_PATH, post(receive))
+            .with_state(self)
+            .merge(health)
+    }
+
+    /// `GET /healthz` (the process is up) and `GET /readyz` (200 only while the database
+    /// answers), for processes that do not receive (`--role worker`).
+    pub fn health_router(pool: PgPool) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(pool)
+    }
+}
+
+async fn receive(
+    State(receiver): State<Receiver>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let receiver = &receiver.inner;
+    let signature = headers.get(HEADER).map(|value| value.as_bytes());
+    if signature.is_none() {
+        return Err(SignatureError::Missing.into());
+    }
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > receiver.body_limit as u64) {
+        return Err(ApiError::TooLarge(receiver.body_limit));
+    }
+    let body = axum::body::to_bytes(body, receiver.body_limit)
+        .await
+        .map_err(|error| ApiError::from_body_error(error, receiver.body_limit))?;
+
+    receiver
+        .verifier
+        .verify(signature, &body, SystemTime::now())?;
+    let envelope =
+        Envelope::parse(&body).map_err(|error| ApiError::NotAnEvent(error.to_string()))?;
+    let delivery = NewDelivery {
+        id: envelope.id.into_owned(),
+        event: envelope.event.into_owned(),
+        // The envelope parsed, so the body is valid JSON and therefore UTF-8.
+        payload: String::from_utf8(body.to_vec()).expect("JSON bodies are UTF-8"),
+    };
+    let event_id = delivery.id.clone();
+    let event_type = delivery.event.clone();
+    let stored = receiver
+        .ingest
+        .store(delivery)
+        .await
+        .map_err(ApiError::Storage)?;
+    let status = match stored {
+        Stored::New => "accepted",
+        Stored::Duplicate => "duplicate",
+    };
+    tracing::debug!(event.id = %event_id, event.type = %event_type, outcome = status, "delivery stored");
+    Ok((StatusCode::OK, Json(json!({ "status": status }))).into_response())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(pool): State<PgPool>) -> Response {
+    let ping = sqlx::query("SELECT 1").execute(&pool);
+    match tokio::time::timeout(READY_TIMEOUT, ping).await {
+        Ok(Ok(_)) => Json(json!({ "status": "ready" })).into_response(),
+        _ => ApiError::Storage(IngestError::Unavailable).into_response(),
+    }
+}
+
+/// Every way a request can fail, each with its status. The body is `{"error", "message"}`.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 401
+    Signature(SignatureError),
+    /// 400: signed, but not an event.
+    NotAnEvent(String),
+    /// 400: the body could not be read (the client went away mid-body).
+    BadBody,
+    /// 413: the body is larger than the limit.
+    TooLarge(usize),
+    /// 503 (or 400 when Postgres refuses the event's data).
+    Storage(IngestError),
+}
+
+impl From<SignatureError> for ApiError {
+    fn from(error: SignatureError) -> Self {
+        ApiError::Signature(error)
+    }
+}
+
+impl ApiError {
+    fn from_body_error(error: axum::Error, limit: usize) -> ApiError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(current) = source {
+            if current.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge(limit);
+            }
+            source = current.source();
+        }
+        ApiError::BadBody
+    }
+
+    /// The status, a stable error name, and a message safe to show anyone.
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            ApiError::Signature(error) => {
+                (StatusCode::UNAUTHORIZED, error.reason(), error.to_string())
+            }
+            ApiError::NotAnEvent(message) => {
+                (StatusCode::BAD_REQUEST, "not_an_event", message.clone())
+            }
+            ApiError::BadBody => (
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "the request body could not be read".to_owned(),
+            ),
+            ApiError::TooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is larger than {limit} bytes"),
+            ),
+            ApiError::Storage(error @ IngestError::Refused(_)) => (
+                StatusCode::BAD_REQUEST,
+                "refused_by_database",
+                error.to_string(),
+            ),
+            ApiError::Storage(error) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{error}; the delivery was not stored, retry later"),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, message) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(http.status = status.as_u16(), error, "delivery not stored");
+        } else {
+            tracing::warn!(http.status = status.as_u16(), error, "delivery rejected");
+        }
+        (status, Json(json!({ "error": error, "message": message }))).into_response()
+    }
+}

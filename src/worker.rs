@@ -1,0 +1,331 @@
+//! The worker (process B): drains `workos.inbox` into the handlers.
+//!
+//! A loop claims a batch (`FOR UPDATE SKIP LOCKED`, with a lease), applies it in one
+//! transaction that also finishes the rows, and claims again until the inbox is empty; then it
+//! waits for a `workos_inbox` notification (sent when the receiver commits) or the polling
+//! interval, whichever comes first. Several workers may drain one inbox at once.
+//!
+//! If a batch fails, it is rolled back and every event is applied on its own, so one bad event
+//! never holds back the others; a failed event is retried with exponential backoff and jitter,
+//! and ends `dead` after `worker.max_attempts` (at once if the handler rejects it as
+//! unappliable). Stopping is two-phase: on shutdown no new batch is claimed, and the batch in
+//! flight gets `worker.shutdown_grace_ms` to finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::WorkerConfig;
+use crate::handler::{Event, EventHandler, HandlerError};
+use crate::inbox::{self, Claimed, Finish};
+
+/// The channel the inbox trigger notifies on.
+pub const INBOX_CHANNEL: &str = "workos_inbox";
+
+/// Drains the inbox into a set of handlers.
+#[derive(Clone)]
+pub struct Worker {
+    pool: PgPool,
+    handlers: Vec<Arc<dyn EventHandler>>,
+    config: WorkerConfig,
+}
+
+/// What one claimed batch came to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows finished `done` or `ignored`.
+    pub finished: usize,
+    /// Rows that failed this attempt (retried later, or dead).
+    pub failed: usize,
+}
+
+impl Worker {
+    /// A worker with no handlers yet: every event would end `ignored`.
+    pub fn new(pool: PgPool, config: WorkerConfig) -> Self {
+        Worker {
+            pool,
+            handlers: Vec::new(),
+            config,
+        }
+    }
+
+    /// Adds a handler; every handler that [`handles`](EventHandler::handles) an event gets it.
+    pub fn with_handler(mut self, handler: impl EventHandler) -> Self {
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// Adds a handler that is shared with other workers.
+    pub fn with_shared_handler(mut self, handler: Arc<dyn EventHandler>) -> Self {
+        self.handlers.push(handler);
+        self
+    }
+
+    /// Claims and applies one batch.
+    pub async fn run_once(&self) -> Result<BatchReport, sqlx::Error> {
+        let lease = Duration::from_secs(self.config.lease_secs);
+        let claimed = inbox::claim(&self.pool, self.config.batch_size.into(), lease).await?;
+        if claimed.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let span = tracing::info_span!("batch", events = claimed.len());
+        self.process(claimed).instrument(span).await
+    }
+
+    /// Applies batches until none is available (events waiting for a retry stay). For tests
+    /// and tools that want the inbox drained now, without the polling loop.
+    pub async fn run_until_empty(&self) -> Result<BatchReport, sqlx::Error> {
+        let mut total = BatchReport::default();
+        loop {
+            let report = self.run_once().await?;
+            if report.claimed == 0 {
+                return Ok(total);
+            }
+            total.claimed += report.claimed;
+            total.finished += report.finished;
+            total.failed += report.failed;
+        }
+    }
+
+    /// Runs until `shutdown`: claims while there is work, otherwise waits for a notification
+    /// or the polling interval. A database outage is logged and waited out.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let mut listener = None;
+        tracing::info!(handlers = self.handlers.len(), "worker started");
+        while !shutdown.is_cancelled() {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let batch = self.run_once();
+            tokio::pin!(batch);
+            let outcome = tokio::select! {
+                outcome = &mut batch => outcome,
+                () = shutdown.cancelled() => match tokio::time::timeout(grace, batch).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        // Dropping the batch rolled its transaction back; its rows are claimed
+                        // again when their lease ends.
+                        tracing::warn!(grace_ms = grace.as_millis() as u64, "batch abandoned at shutdown");
+                        break;
+                    }
+                },
+            };
+            let idle = match outcome {
+                Ok(report) => report.claimed == 0,
+                Err(error) => {
+                    tracing::error!(error = %error, "claiming from the inbox failed");
+                    true
+                }
+            };
+            if idle && !shutdown.is_cancelled() {
+                self.wait(listener.as_mut(), poll, &shutdown).await;
+            }
+        }
+        tracing::info!("worker stopped");
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for new deliveries; polling");
+                return None;
+            }
+        };
+        match listener.listen(INBOX_CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for new deliveries; polling");
+                None
+            }
+        }
+    }
+
+    async fn wait(
+        &self,
+        listener: Option<&mut PgListener>,
+        poll: Duration,
+        shutdown: &CancellationToken,
+    ) {
+        let notified = async {
+            match listener {
+                Some(listener) => {
+                    if let Err(error) = listener.recv().await {
+                        // sqlx reconnects on the next call; poll meanwhile.
+                        tracing::warn!(error = %error, "lost the notification connection");
+                        tokio::time::sleep(poll).await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(poll) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+
+    async fn process(&self, claimed: Vec<Claimed>) -> Result<BatchReport, sqlx::Error> {
+        let mut report = BatchReport {
+            claimed: claimed.len(),
+            ..BatchReport::default()
+        };
+        let mut events = Vec::with_capacity(claimed.len());
+        for row in &claimed {
+            match Event::from_payload(&row.payload) {
+                Ok(event) => events.push((row, event)),
+                Err(error) => {
+                    let error =
+                        HandlerError::Rejected(format!("stored payload is not an event: {error}"));
+                    self.record_failure(row, &error).await?;
+                    report.failed += 1;
+                }
+            }
+        }
+        if events.is_empty() {
+            return Ok(report);
+        }
+        match self.apply(&events).await {
+            Ok(()) => {
+                report.finished += events.len();
+                return Ok(report);
+            }
+            Err(error) if events.len() > 1 => {
+                tracing::warn!(error = %error, "batch failed; applying its events one by one");
+            }
+            Err(error) => {
+                self.settle_failure(events[0].0, &events[0].1, error)
+                    .await?;
+                report.failed += 1;
+                return Ok(report);
+            }
+        }
+        for (row, event) in &events {
+            let span =
+                tracing::info_span!("event", event.id = %event.id, event.type = %event.event);
+            match self
+                .apply(std::slice::from_ref(&(*row, event.clone())))
+                .instrument(span)
+                .await
+            {
+                Ok(()) => report.finished += 1,
+                Err(error) => {
+                    self.settle_failure(row, event, error).await?;
+                    report.failed += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Applies events and finishes their rows in one transaction.
+    async fn apply(&self, events: &[(&Claimed, Event)]) -> Result<(), ApplyError> {
+        let mut tx = self.pool.begin().await.map_err(HandlerError::from)?;
+        let mut finishes: Vec<(&Claimed, Finish)> = events
+            .iter()
+            .map(|(row, _)| (*row, Finish::Ignored))
+            .collect();
+        for handler in &self.handlers {
+            let mut mine = Vec::new();
+            for (index, (_, event)) in events.iter().enumerate() {
+                if handler.handles(&event.event) {
+                    mine.push(event);
+                    finishes[index].1 = Finish::Done;
+                }
+            }
+            if !mine.is_empty() {
+                handler.handle_batch(&mut tx, &mine).await?;
+            }
+        }
+        let held = inbox::finish(&mut tx, &finishes)
+            .await
+            .map_err(HandlerError::from)?;
+        if held != finishes.len() as u64 {
+            return Err(ApplyError::LeaseLost);
+        }
+        tx.commit().await.map_err(HandlerError::from)?;
+        Ok(())
+    }
+
+    async fn settle_failure(
+        &self,
+        row: &Claimed,
+        event: &Event,
+        error: ApplyError,
+    ) -> Result<(), sqlx::Error> {
+        match error {
+            ApplyError::LeaseLost => {
+                tracing::warn!(event.id = %event.id, "lease ran out; another worker has the event");
+                Ok(())
+            }
+            ApplyError::Handler(error) => self.record_failure(row, &error).await,
+        }
+    }
+
+    async fn record_failure(&self, row: &Claimed, error: &HandlerError) -> Result<(), sqlx::Error> {
+        let permanent = matches!(error, HandlerError::Rejected(_));
+        let retry_at = if permanent || row.attempts >= self.config.max_attempts as i32 {
+            None
+        } else {
+            let delay = backoff(&self.config, row.attempts as u32, rand::random::<f64>());
+            Some(Utc::now() + delay)
+        };
+        let message = error.to_string();
+        if retry_at.is_none() {
+            tracing::error!(event.id = %row.id, event.type = %row.event, attempts = row.attempts, error = %message, "event is dead");
+        } else {
+            tracing::warn!(event.id = %row.id, event.type = %row.event, attempts = row.attempts, error = %message, "event failed; will retry");
+        }
+        inbox::fail(&self.pool, row, &message, retry_at).await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    #[error("the lease ran out before the batch committed")]
+    LeaseLost,
+}
+
+/// The delay before retry number `attempt` (1-based): `backoff_base_ms` doubled per attempt,
+/// capped at `backoff_max_secs`, then scaled by a jitter in `[0.5, 1.0)` (`unit` in `[0, 1)`).
+pub fn backoff(config: &WorkerConfig, attempt: u32, unit: f64) -> chrono::Duration {
+    let base = config.backoff_base_ms as f64;
+    let cap = (config.backoff_max_secs * 1000) as f64;
+    let exponential = base * 2f64.powi(attempt.saturating_sub(1).min(62) as i32);
+    let millis = exponential.min(cap) * (0.5 + unit.clamp(0.0, 1.0) / 2.0);
+    chrono::Duration::milliseconds(millis as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let config = WorkerConfig {
+            backoff_base_ms: 1000,
+            backoff_max_secs: 60,
+            ..WorkerConfig::default()
+        };
+        let ms = |attempt, unit| backoff(&config, attempt, unit).num_milliseconds();
+        assert_eq!(ms(1, 1.0), 1000);
+        assert_eq!(ms(1, 0.0), 500);
+        assert_eq!(ms(2, 1.0), 2000);
+        assert_eq!(ms(3, 1.0), 4000);
+        assert_eq!(ms(7, 1.0), 60_000);
+        assert_eq!(ms(1000, 1.0), 60_000);
+        assert!((500..=1000).contains(&ms(1, 0.37)));
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one binary, a fresh migrated database per test (`#[sqlx::test]`), the
+//! service on a real socket where HTTP matters.
+
+mod helpers;
+mod receiver;
+mod signature;
+mod worker;

@@ -1,0 +1,1 @@
+//! The worker over a real inbox.
