@@ -49,7 +49,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The HTTP server.
@@ -216,19 +216,6 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            webhook: WebhookConfig::default(),
-            database: DatabaseConfig::default(),
-            ingest: IngestConfig::default(),
-            worker: WorkerConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -366,6 +353,8 @@ fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret
 }
 
 #[cfg(test)]
+// figment's test jail returns its large error type from every closure.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

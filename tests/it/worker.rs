@@ -1,1 +1,330 @@
-//! The worker over a real inbox.
+//! The worker over a real inbox: dispatch, failures and retries, leases, several workers,
+//! wake-ups and shutdown. A recording handler stands in for the application's handlers.
+
+use std::time::Duration;
+
+use dsyncd::config::WorkerConfig;
+use dsyncd::inbox::{self, Finish};
+use dsyncd::worker::Worker;
+use dsyncd::{Event, EventHandler, HandlerError, Role};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+/// Records every `dsync.user.*` event it applies in `applied`; fails on ids starting with
+/// `fail_`, rejects ids starting with `reject_`.
+struct Recorder;
+
+#[async_trait::async_trait]
+impl EventHandler for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        event_type.starts_with("dsync.user.")
+    }
+
+    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        if event.id.starts_with("reject_") {
+            return Err(HandlerError::Rejected(
+                "this event cannot be applied".to_owned(),
+            ));
+        }
+        sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
+            .bind(&event.id)
+            .execute(&mut *conn)
+            .await?;
+        if event.id.starts_with("fail_") {
+            return Err(HandlerError::Other("the downstream service is down".into()));
+        }
+        Ok(())
+    }
+}
+
+async fn prepare(pool: &PgPool) {
+    sqlx::query("CREATE TABLE applied (event_id text NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        batch_size: 50,
+        max_attempts: 3,
+        backoff_base_ms: 60_000,
+        ..WorkerConfig::default()
+    }
+}
+
+async fn store(pool: &PgPool, ids: &[&str], event: &str) {
+    let deliveries: Vec<inbox::NewDelivery> = ids
+        .iter()
+        .map(|id| inbox::NewDelivery {
+            id: (*id).to_owned(),
+            event: event.to_owned(),
+            payload: format!(r#"{{"id":"{id}","event":"{event}","data":{{}}}}"#),
+        })
+        .collect();
+    inbox::insert(pool, &deliveries).await.unwrap();
+}
+
+async fn status(pool: &PgPool, id: &str) -> (String, i32, Option<String>) {
+    sqlx::query_as("SELECT status, attempts, last_error FROM workos.inbox WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn applied(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT event_id, count(*) FROM applied GROUP BY event_id ORDER BY event_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn handled_events_end_done_and_the_rest_ignored(pool: PgPool) {
+    prepare(&pool).await;
+    store(&pool, &["e1", "e2"], "dsync.user.created").await;
+    store(&pool, &["t1"], "dsync.token.created").await;
+    store(&pool, &["c1"], "connection.activated").await;
+    let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
+    let report = worker.run_until_empty().await.unwrap();
+    assert_eq!((report.claimed, report.finished, report.failed), (4, 4, 0));
+    assert_eq!(status(&pool, "e1").await.0, "done");
+    assert_eq!(status(&pool, "e2").await.0, "done");
+    assert_eq!(status(&pool, "t1").await.0, "ignored");
+    assert_eq!(status(&pool, "c1").await.0, "ignored");
+    assert_eq!(
+        applied(&pool).await,
+        vec![("e1".to_owned(), 1), ("e2".to_owned(), 1)]
+    );
+}
+
+#[sqlx::test]
+async fn one_failing_event_holds_back_nothing_and_keeps_none_of_its_effects(pool: PgPool) {
+    prepare(&pool).await;
+    store(&pool, &["e1", "fail_1", "e2"], "dsync.user.updated").await;
+    let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
+    let report = worker.run_until_empty().await.unwrap();
+    assert_eq!((report.finished, report.failed), (2, 1));
+    assert_eq!(
+        applied(&pool).await,
+        vec![("e1".to_owned(), 1), ("e2".to_owned(), 1)]
+    );
+    let (state, attempts, error) = status(&pool, "fail_1").await;
+    assert_eq!((state.as_str(), attempts), ("pending", 1));
+    assert_eq!(error.as_deref(), Some("the downstream service is down"));
+    let retry_in: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM available_at - now())::float8 FROM workos.inbox WHERE id = 'fail_1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        (20.0..=61.0).contains(&retry_in),
+        "first retry in {retry_in}s (base 60 s, jitter 0.5-1)"
+    );
+}
+
+#[sqlx::test]
+async fn failures_retry_until_max_attempts_then_are_dead_with_the_last_error(pool: PgPool) {
+    prepare(&pool).await;
+    store(&pool, &["fail_1"], "dsync.user.updated").await;
+    let worker = Worker::new(
+        pool.clone(),
+        WorkerConfig {
+            backoff_base_ms: 0,
+            ..config()
+        },
+    )
+    .with_handler(Recorder);
+    // With no backoff, each pass of run_until_empty claims the retry at once.
+    worker.run_until_empty().await.unwrap();
+    let (state, attempts, error) = status(&pool, "fail_1").await;
+    assert_eq!((state.as_str(), attempts), ("dead", 3));
+    assert_eq!(error.as_deref(), Some("the downstream service is down"));
+    assert!(applied(&pool).await.is_empty());
+}
+
+#[sqlx::test]
+async fn a_rejected_event_is_dead_at_once(pool: PgPool) {
+    prepare(&pool).await;
+    store(&pool, &["reject_1", "e1"], "dsync.user.created").await;
+    let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
+    worker.run_until_empty().await.unwrap();
+    let (state, attempts, error) = status(&pool, "reject_1").await;
+    assert_eq!((state.as_str(), attempts), ("dead", 1));
+    assert_eq!(error.as_deref(), Some("this event cannot be applied"));
+    assert_eq!(status(&pool, "e1").await.0, "done");
+}
+
+#[sqlx::test]
+async fn a_dead_workers_claim_is_taken_over_when_its_lease_ends(pool: PgPool) {
+    prepare(&pool).await;
+    store(&pool, &["e1", "e2"], "dsync.user.created").await;
+    // A worker claims with a long lease and dies: nobody else may take the events.
+    let claimed = inbox::claim(&pool, 10, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
+    assert_eq!(worker.run_until_empty().await.unwrap().claimed, 0);
+
+    // Its lease ends (moved into the past rather than waited for).
+    sqlx::query("UPDATE workos.inbox SET available_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = worker.run_until_empty().await.unwrap();
+    assert_eq!((report.claimed, report.finished), (2, 2));
+    assert_eq!(status(&pool, "e1").await, ("done".to_owned(), 2, None));
+    assert_eq!(applied(&pool).await.len(), 2);
+}
+
+#[sqlx::test]
+async fn a_worker_whose_lease_ran_out_cannot_finish_what_another_claimed(pool: PgPool) {
+    store(&pool, &["e1"], "dsync.user.created").await;
+    let first = inbox::claim(&pool, 10, Duration::ZERO).await.unwrap();
+    let second = inbox::claim(&pool, 10, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!((first[0].attempts, second[0].attempts), (1, 2));
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        inbox::finish(&mut conn, &[(&first[0], Finish::Done)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        inbox::finish(&mut conn, &[(&second[0], Finish::Done)])
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[sqlx::test]
+async fn two_workers_draining_one_inbox_apply_each_event_once(pool: PgPool) {
+    prepare(&pool).await;
+    let ids: Vec<String> = (0..2000).map(|n| format!("e{n:05}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    store(&pool, &refs, "dsync.user.created").await;
+    let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
+    let other = worker.clone();
+    let (a, b) = tokio::join!(worker.run_until_empty(), other.run_until_empty());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.finished + b.finished, 2000);
+    assert!(
+        a.finished > 0 && b.finished > 0,
+        "both workers took part: {a:?} {b:?}"
+    );
+    let counts = applied(&pool).await;
+    assert_eq!(counts.len(), 2000);
+    assert!(counts.iter().all(|(_, count)| *count == 1));
+}
+
+#[sqlx::test]
+async fn a_delivery_wakes_a_waiting_worker_without_polling(pool: PgPool) {
+    prepare(&pool).await;
+    let mut config = TestApp::config();
+    // Polling alone would take an hour: only the notification can wake the worker.
+    config.worker.poll_interval_ms = 3_600_000;
+    let service = dsyncd::Service::with_pool(config, pool.clone())
+        .unwrap()
+        .with_handler(Recorder);
+    let app = TestApp::spawn_service(service, Role::All).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("test_applied").await.unwrap();
+    sqlx::query(
+        "CREATE FUNCTION notify_applied() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN PERFORM pg_notify('test_applied', NEW.event_id); RETURN NULL; END $$;
+         ",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("CREATE TRIGGER applied_notify AFTER INSERT ON applied FOR EACH ROW EXECUTE FUNCTION notify_applied()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Let the worker reach its idle wait first: its first pass finds the inbox empty.
+    assert_eq!(
+        app.client
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    assert_eq!(app.deliver(&user_created("event_wake")).await.status(), 200);
+    let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("the worker applied the event well before the polling interval")
+        .unwrap();
+    assert_eq!(notification.payload(), "event_wake");
+    app.stop().await;
+}
+
+/// Blocks in `handle` until released, to hold a batch in flight.
+struct Gate {
+    entered: mpsc::Sender<()>,
+    release: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+
+    fn handles(&self, _: &str) -> bool {
+        true
+    }
+
+    async fn handle(&self, _: &mut PgConnection, _: &Event) -> Result<(), HandlerError> {
+        self.entered.send(()).await.unwrap();
+        self.release.lock().await.recv().await;
+        Ok(())
+    }
+}
+
+#[sqlx::test]
+async fn shutdown_stops_claiming_and_lets_the_batch_in_flight_finish(pool: PgPool) {
+    store(&pool, &["e1"], "dsync.user.created").await;
+    let (entered_tx, mut entered) = mpsc::channel(1);
+    let (release, release_rx) = mpsc::channel(1);
+    let gate = Gate {
+        entered: entered_tx,
+        release: tokio::sync::Mutex::new(release_rx),
+    };
+    let worker = Worker::new(pool.clone(), config()).with_handler(gate);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    entered.recv().await.unwrap();
+
+    shutdown.cancel();
+    store(&pool, &["e2"], "dsync.user.created").await;
+    release.send(()).await.unwrap();
+    running.await.unwrap();
+    assert_eq!(
+        status(&pool, "e1").await.0,
+        "done",
+        "the batch in flight finished"
+    );
+    assert_eq!(
+        status(&pool, "e2").await.0,
+        "pending",
+        "nothing was claimed after shutdown"
+    );
+}
