@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::{Config, ConfigError};
 use crate::handler::EventHandler;
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::receiver::Receiver;
 use crate::signature::Verifier;
 use crate::worker::Worker;
@@ -74,6 +75,7 @@ pub struct Service {
     config: Config,
     pool: PgPool,
     handlers: Vec<Arc<dyn EventHandler>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -92,6 +94,7 @@ impl Service {
             config,
             pool,
             handlers: Vec::new(),
+            metrics: Metrics::new(),
         })
     }
 
@@ -108,7 +111,8 @@ impl Service {
 
     /// A worker with the service's handlers.
     pub fn worker(&self) -> Worker {
-        let worker = Worker::new(self.pool.clone(), self.config.worker.clone());
+        let worker = Worker::new(self.pool.clone(), self.config.worker.clone())
+            .with_metrics(self.metrics.clone());
         self.handlers.iter().fold(worker, |worker, handler| {
             worker.with_shared_handler(handler.clone())
         })
@@ -142,12 +146,14 @@ impl Service {
                 ingest,
                 self.pool.clone(),
                 self.config.server.body_limit_bytes,
+                self.metrics.clone(),
             );
             (receiver.router(), Some(writer))
         } else {
             (Receiver::health_router(self.pool.clone()), None)
         };
-        let router = self.layers(router);
+        let metrics = Receiver::metrics_router(self.metrics.clone(), self.pool.clone());
+        let router = self.layers(router.merge(metrics));
 
         let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
         let stopping = shutdown.clone();

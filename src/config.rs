@@ -430,6 +430,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_shows_every_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let example: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        // The example leaves the required URL commented out; everything else is its default.
+        assert_eq!(example, defaults);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# url = "));
+    }
+
+    #[test]
     fn secrets_never_print() {
         Jail::expect_with(|jail| {
             jail.set_env("WORKOS_WEBHOOK_SECRET", "whsec_do_not_print");

@@ -52,6 +52,8 @@ pub struct Claimed {
     pub event: String,
     /// The body as received.
     pub payload: String,
+    /// When the receiver stored it.
+    pub received_at: DateTime<Utc>,
     /// Claims so far, this one included; finishing checks it so a worker whose lease ran out
     /// cannot finish a row another worker has claimed since.
     pub attempts: i32,
@@ -80,7 +82,7 @@ pub async fn claim(
             available_at = now() + make_interval(secs => $2)
         FROM picked
         WHERE i.id = picked.id
-        RETURNING i.id, i.event, i.payload::text AS "payload!", i.attempts
+        RETURNING i.id, i.event, i.payload::text AS "payload!", i.received_at, i.attempts
         "#,
         limit,
         lease.as_secs_f64(),
@@ -157,4 +159,41 @@ pub async fn fail(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// What is waiting in the inbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Rows waiting for a first attempt or a retry.
+    pub pending: i64,
+    /// Rows claimed by a worker.
+    pub processing: i64,
+    /// Rows that failed for good.
+    pub dead: i64,
+    /// Age of the oldest pending or processing row, 0 if none.
+    pub oldest_pending_seconds: f64,
+}
+
+/// Counts the rows that are not finished (cheap: partial indexes cover them).
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT
+            count(*) FILTER (WHERE status = 'pending') AS "pending!",
+            count(*) FILTER (WHERE status = 'processing') AS "processing!",
+            count(*) FILTER (WHERE status = 'dead') AS "dead!",
+            COALESCE(extract(epoch FROM now() - min(received_at)
+                FILTER (WHERE status IN ('pending', 'processing'))), 0)::float8 AS "oldest!"
+        FROM workos.inbox
+        WHERE status IN ('pending', 'processing', 'dead')
+        "#
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Backlog {
+        pending: row.pending,
+        processing: row.processing,
+        dead: row.dead,
+        oldest_pending_seconds: row.oldest,
+    })
 }

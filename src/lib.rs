@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod handler;
 pub mod inbox;
 pub mod ingest;
+pub mod metrics;
 pub mod receiver;
 pub mod signature;
 pub mod telemetry;

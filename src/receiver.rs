@@ -7,7 +7,7 @@
 //! header or a secret.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use crate::envelope::Envelope;
 use crate::inbox::NewDelivery;
 use crate::ingest::{Ingest, IngestError, Stored};
+use crate::metrics::Metrics;
 use crate::signature::{SignatureError, Verifier, HEADER};
 
 /// The path WorkOS posts to.
@@ -37,6 +38,7 @@ struct Inner {
     ingest: Ingest,
     pool: PgPool,
     body_limit: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// `/readyz` answers 503 if the database takes longer than this.
@@ -44,13 +46,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Receiver {
     /// A receiver storing through `ingest` (see [`Ingest::start`]).
-    pub fn new(verifier: Verifier, ingest: Ingest, pool: PgPool, body_limit: usize) -> Self {
+    pub fn new(
+        verifier: Verifier,
+        ingest: Ingest,
+        pool: PgPool,
+        body_limit: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Receiver {
             inner: Arc::new(Inner {
                 verifier,
                 ingest,
                 pool,
                 body_limit,
+                metrics,
             }),
         }
     }
@@ -65,6 +74,13 @@ impl Receiver {
             .merge(health)
     }
 
+    /// `GET /metrics` in the Prometheus text format.
+    pub fn metrics_router(metrics: Arc<Metrics>, pool: PgPool) -> Router {
+        Router::new()
+            .route("/metrics", get(render_metrics))
+            .with_state((metrics, pool))
+    }
+
     /// `GET /healthz` (the process is up) and `GET /readyz` (200 only while the database
     /// answers), for processes that do not receive (`--role worker`).
     pub fn health_router(pool: PgPool) -> Router {
@@ -75,12 +91,26 @@ impl Receiver {
     }
 }
 
-async fn receive(
-    State(receiver): State<Receiver>,
-    headers: HeaderMap,
+async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let result = verify_and_store(&receiver.inner, &headers, body).await;
+    let outcome = match &result {
+        Ok(Stored::New) => "accepted",
+        Ok(Stored::Duplicate) => "duplicate",
+        Err(error) => error.parts().1,
+    };
+    receiver.inner.metrics.delivery(outcome, started.elapsed());
+    match result {
+        Ok(_) => (StatusCode::OK, Json(json!({ "status": outcome }))).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn verify_and_store(
+    receiver: &Inner,
+    headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    let receiver = &receiver.inner;
+) -> Result<Stored, ApiError> {
     let signature = headers.get(HEADER).map(|value| value.as_bytes());
     if signature.is_none() {
         return Err(SignatureError::Missing.into());
@@ -101,25 +131,30 @@ async fn receive(
         .verify(signature, &body, SystemTime::now())?;
     let envelope =
         Envelope::parse(&body).map_err(|error| ApiError::NotAnEvent(error.to_string()))?;
+    tracing::debug!(event.id = %envelope.id, event.type = %envelope.event, "delivery verified");
     let delivery = NewDelivery {
         id: envelope.id.into_owned(),
         event: envelope.event.into_owned(),
         // The envelope parsed, so the body is valid JSON and therefore UTF-8.
         payload: String::from_utf8(body.to_vec()).expect("JSON bodies are UTF-8"),
     };
-    let event_id = delivery.id.clone();
-    let event_type = delivery.event.clone();
-    let stored = receiver
+    receiver
         .ingest
         .store(delivery)
         .await
-        .map_err(ApiError::Storage)?;
-    let status = match stored {
-        Stored::New => "accepted",
-        Stored::Duplicate => "duplicate",
-    };
-    tracing::debug!(event.id = %event_id, event.type = %event_type, outcome = status, "delivery stored");
-    Ok((StatusCode::OK, Json(json!({ "status": status }))).into_response())
+        .map_err(ApiError::Storage)
+}
+
+async fn render_metrics(State((metrics, pool)): State<(Arc<Metrics>, PgPool)>) -> Response {
+    let text = metrics.render(&pool).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

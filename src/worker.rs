@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::config::WorkerConfig;
 use crate::handler::{Event, EventHandler, HandlerError};
 use crate::inbox::{self, Claimed, Finish};
+use crate::metrics::Metrics;
 
 /// The channel the inbox trigger notifies on.
 pub const INBOX_CHANNEL: &str = "workos_inbox";
@@ -33,6 +34,7 @@ pub struct Worker {
     pool: PgPool,
     handlers: Vec<Arc<dyn EventHandler>>,
     config: WorkerConfig,
+    metrics: Arc<Metrics>,
 }
 
 /// What one claimed batch came to.
@@ -53,7 +55,14 @@ impl Worker {
             pool,
             handlers: Vec::new(),
             config,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Reports into `metrics` (shared with the receiver) instead of a set of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Adds a handler; every handler that [`handles`](EventHandler::handles) an event gets it.
@@ -198,6 +207,7 @@ impl Worker {
         match self.apply(&events).await {
             Ok(()) => {
                 report.finished += events.len();
+                self.count_applied(&events);
                 return Ok(report);
             }
             Err(error) if events.len() > 1 => {
@@ -226,6 +236,14 @@ impl Worker {
             }
         }
         Ok(report)
+    }
+
+    fn count_applied(&self, events: &[(&Claimed, Event)]) {
+        let now = Utc::now();
+        for (row, event) in events {
+            let lag = (now - row.received_at).to_std().unwrap_or_default();
+            self.metrics.applied(&event.event, lag);
+        }
     }
 
     /// Applies events and finishes their rows in one transaction.
@@ -281,6 +299,7 @@ impl Worker {
             Some(Utc::now() + delay)
         };
         let message = error.to_string();
+        self.metrics.failed(&row.event);
         if retry_at.is_none() {
             tracing::error!(event.id = %row.id, event.type = %row.event, attempts = row.attempts, error = %message, "event is dead");
         } else {

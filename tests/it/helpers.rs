@@ -98,16 +98,23 @@ pub fn sign_now(body: &str) -> String {
     dsyncd::signature::sign(&Secret::new(SECRET), now_ms(), body.as_bytes())
 }
 
-/// `tests/fixtures/workos/…`: copies of the WorkOS examples and signature vectors.
-pub fn fixture_path(relative: &str) -> PathBuf {
+/// `samples/…`: the WorkOS example bodies, one per event type.
+pub fn sample_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/workos")
-        .join(relative)
+        .join("samples")
+        .join(name)
 }
 
-/// An example body, without the file's trailing newline.
+/// `tests/fixtures/…`
+pub fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// An example body from `samples/`, without the file's trailing newline.
 pub fn fixture(name: &str) -> String {
-    let text = std::fs::read_to_string(fixture_path(&format!("events/{name}"))).unwrap();
+    let text = std::fs::read_to_string(sample_path(name)).unwrap();
     text.trim_end_matches('\n').to_owned()
 }
 

@@ -70,7 +70,7 @@ async fn a_redelivery_answers_200_and_stores_nothing_more(pool: PgPool) {
 #[sqlx::test]
 async fn every_event_type_is_stored_dsync_or_not(pool: PgPool) {
     let app = TestApp::receiver(pool.clone()).await;
-    let names: Vec<String> = std::fs::read_dir(fixture_path("events"))
+    let names: Vec<String> = std::fs::read_dir(sample_path(""))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();

@@ -6,7 +6,7 @@ use dsyncd::config::Secret;
 use dsyncd::signature::{SignatureError, Verifier};
 use serde::Deserialize;
 
-use crate::helpers::fixture_path;
+use crate::helpers::{fixture_path, sample_path};
 
 #[derive(Deserialize)]
 struct Vectors {
@@ -26,7 +26,9 @@ impl Vector {
     fn body(&self) -> Vec<u8> {
         match (&self.body_file, &self.body_inline) {
             (Some(file), _) => {
-                let text = std::fs::read_to_string(fixture_path(file)).unwrap();
+                // The vectors name their bodies as `events/<name>`; the bodies are in samples/.
+                let name = file.strip_prefix("events/").unwrap();
+                let text = std::fs::read_to_string(sample_path(name)).unwrap();
                 text.trim_end_matches('\n').as_bytes().to_vec()
             }
             (None, Some(inline)) => inline.as_bytes().to_vec(),

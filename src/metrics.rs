@@ -1,0 +1,165 @@
+//! Prometheus metrics, rendered in the text format at `GET /metrics`.
+//!
+//! Counters and histograms are updated where things happen (the receiver, the worker); the
+//! inbox gauges are read from Postgres when the metrics are scraped, so every replica reports
+//! the same backlog. One [`Metrics`] value is shared by a process's parts; nothing is global.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+/// The service's metrics.
+pub struct Metrics {
+    registry: Registry,
+    deliveries: Family<OutcomeLabels, Counter>,
+    request_seconds: Histogram,
+    events_applied: Family<EventLabels, Counter>,
+    events_failed: Family<EventLabels, Counter>,
+    worker_lag_seconds: Histogram,
+    inbox_depth: Family<StatusLabels, Gauge>,
+    oldest_pending_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all at zero.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("dsyncd");
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Webhook deliveries by outcome: accepted, duplicate, or the rejection reason",
+            deliveries.clone(),
+        );
+        // 0.25 ms to about 4 s.
+        let request_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
+        registry.register(
+            "request_duration_seconds",
+            "Time from a delivery's headers to its answer",
+            request_seconds.clone(),
+        );
+        let events_applied = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events_applied",
+            "Events finished by the worker (done or ignored), by event type",
+            events_applied.clone(),
+        );
+        let events_failed = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events_failed",
+            "Failed attempts to apply an event, by event type",
+            events_failed.clone(),
+        );
+        // 1 ms to about 4.5 hours.
+        let worker_lag_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 24));
+        registry.register(
+            "worker_lag_seconds",
+            "Time from a delivery's arrival to its event being applied",
+            worker_lag_seconds.clone(),
+        );
+        let inbox_depth = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "inbox_depth",
+            "Inbox rows waiting or stuck, by status (pending, processing, dead)",
+            inbox_depth.clone(),
+        );
+        let oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "inbox_oldest_pending_seconds",
+            "Age of the oldest pending or processing inbox row (0 when there is none)",
+            oldest_pending_seconds.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            deliveries,
+            request_seconds,
+            events_applied,
+            events_failed,
+            worker_lag_seconds,
+            inbox_depth,
+            oldest_pending_seconds,
+        })
+    }
+
+    /// Counts a delivery's outcome and how long its answer took.
+    pub fn delivery(&self, outcome: &'static str, elapsed: Duration) {
+        self.deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.request_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an event the worker finished, and its lag since arrival.
+    pub fn applied(&self, event: &str, lag: Duration) {
+        self.events_applied
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+        self.worker_lag_seconds.observe(lag.as_secs_f64());
+    }
+
+    /// Counts a failed attempt.
+    pub fn failed(&self, event: &str) {
+        self.events_failed
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Reads the inbox gauges from Postgres and renders everything in the Prometheus text
+    /// format. If the database does not answer, the gauges keep their last values.
+    pub async fn render(&self, pool: &PgPool) -> String {
+        match crate::inbox::backlog(pool).await {
+            Ok(backlog) => {
+                for (status, count) in [
+                    ("pending", backlog.pending),
+                    ("processing", backlog.processing),
+                    ("dead", backlog.dead),
+                ] {
+                    self.inbox_depth
+                        .get_or_create(&StatusLabels { status })
+                        .set(count);
+                }
+                self.oldest_pending_seconds
+                    .set(backlog.oldest_pending_seconds);
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot read the inbox backlog for metrics")
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
