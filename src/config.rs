@@ -132,6 +132,10 @@ pub struct WorkerConfig {
     pub backoff_max_secs: u64,
     /// How long in-flight batches may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// `done` and `ignored` rows older than this are deleted; `dead` rows stay.
+    pub retention_days: u32,
+    /// How often a worker deletes expired rows.
+    pub retention_interval_secs: u64,
 }
 
 /// `[log]`
@@ -203,6 +207,8 @@ impl Default for WorkerConfig {
             backoff_base_ms: 1_000,
             backoff_max_secs: 3_600,
             shutdown_grace_ms: 20_000,
+            retention_days: 30,
+            retention_interval_secs: 600,
         }
     }
 }
@@ -290,7 +296,7 @@ impl Config {
                 "is empty (set WORKOS_WEBHOOK_SECRET to the endpoint secret from the WorkOS dashboard)",
             );
         }
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 12] = [
             (
                 "server.body_limit_bytes",
                 self.server.body_limit_bytes as u64,
@@ -307,6 +313,11 @@ impl Config {
             ("worker.lease_secs", self.worker.lease_secs),
             ("worker.poll_interval_ms", self.worker.poll_interval_ms),
             ("worker.max_attempts", self.worker.max_attempts.into()),
+            ("worker.retention_days", self.worker.retention_days.into()),
+            (
+                "worker.retention_interval_secs",
+                self.worker.retention_interval_secs,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -197,3 +197,191 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
         oldest_pending_seconds: row.oldest,
     })
 }
+
+/// One status's share of the inbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusCount {
+    /// The status.
+    pub status: String,
+    /// Rows with it.
+    pub count: i64,
+    /// When the oldest of them arrived.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// Rows per status (a full count: for operators, not for every scrape).
+pub async fn stats(pool: &PgPool) -> Result<Vec<StatusCount>, sqlx::Error> {
+    sqlx::query_as!(
+        StatusCount,
+        r#"
+        SELECT status AS "status!", count(*) AS "count!", min(received_at) AS oldest
+        FROM workos.inbox GROUP BY status ORDER BY status
+        "#
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// An inbox row without its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The event id.
+    pub id: String,
+    /// The event type.
+    pub event: String,
+    /// `pending`, `processing`, `done`, `ignored` or `dead`.
+    pub status: String,
+    /// Claims so far.
+    pub attempts: i32,
+    /// When the receiver stored it.
+    pub received_at: DateTime<Utc>,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// The newest rows, optionally of one status and one event type.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    event: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Summary>, sqlx::Error> {
+    sqlx::query_as!(
+        Summary,
+        r#"
+        SELECT id, event, status, attempts, received_at, last_error
+        FROM workos.inbox
+        WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR event = $2)
+        ORDER BY received_at DESC, id
+        LIMIT $3
+        "#,
+        status,
+        event,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// A whole inbox row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Everything but the payload.
+    pub summary: Summary,
+    /// The body as received.
+    pub payload: String,
+    /// When the row may next be claimed (or the lease ends).
+    pub available_at: DateTime<Utc>,
+    /// When it reached done, ignored or dead.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One row by event id.
+pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT id, event, status, attempts, received_at, last_error,
+               payload::text AS "payload!", available_at, finished_at
+        FROM workos.inbox WHERE id = $1
+        "#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| Row {
+        summary: Summary {
+            id: row.id,
+            event: row.event,
+            status: row.status,
+            attempts: row.attempts,
+            received_at: row.received_at,
+            last_error: row.last_error,
+        },
+        payload: row.payload,
+        available_at: row.available_at,
+        finished_at: row.finished_at,
+    }))
+}
+
+/// Which stored events to requeue.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// These ids.
+    pub ids: Vec<String>,
+    /// Received at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Received before.
+    pub until: Option<DateTime<Utc>>,
+    /// About this directory (its own events, and its users', groups' and memberships').
+    pub directory: Option<String>,
+    /// Of this type.
+    pub event: Option<String>,
+    /// Of these statuses (empty: done, ignored and dead).
+    pub statuses: Vec<String>,
+}
+
+/// Puts the selected finished rows back to `pending` with a fresh count of attempts, and
+/// wakes the workers. Rows being processed are left alone. Returns how many were requeued.
+///
+/// Applying is idempotent, so requeueing `done` rows re-applies them without changing the
+/// synced tables unless they had drifted.
+pub async fn requeue(pool: &PgPool, selection: &Selection) -> Result<u64, sqlx::Error> {
+    let statuses: Vec<String> = if selection.statuses.is_empty() {
+        ["done", "ignored", "dead"].map(str::to_owned).to_vec()
+    } else {
+        selection.statuses.clone()
+    };
+    let result = sqlx::query!(
+        r#"
+        WITH requeued AS (
+            UPDATE workos.inbox
+            SET status = 'pending', attempts = 0, available_at = now(),
+                finished_at = NULL, last_error = NULL
+            WHERE status = ANY($1::text[])
+              AND (cardinality($2::text[]) = 0 OR id = ANY($2))
+              AND ($3::timestamptz IS NULL OR received_at >= $3)
+              AND ($4::timestamptz IS NULL OR received_at < $4)
+              AND ($5::text IS NULL OR payload -> 'data' ->> 'directory_id' = $5
+                   OR (event IN ('dsync.activated', 'dsync.deactivated', 'dsync.deleted')
+                       AND payload -> 'data' ->> 'id' = $5))
+              AND ($6::text IS NULL OR event = $6)
+            RETURNING 1
+        )
+        SELECT count(*) AS "count!", pg_notify('workos_inbox', '')::text AS wake FROM requeued
+        "#,
+        &statuses,
+        &selection.ids,
+        selection.since,
+        selection.until,
+        selection.directory,
+        selection.event,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(result.count as u64)
+}
+
+/// Deletes up to `limit` `done` or `ignored` rows finished before `before`; returns how many.
+/// `dead` rows stay until an operator handles them.
+pub async fn purge_finished(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query!(
+        r#"
+        DELETE FROM workos.inbox
+        WHERE id IN (
+            SELECT id FROM workos.inbox
+            WHERE status IN ('done', 'ignored') AND finished_at < $1
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        "#,
+        before,
+        limit,
+    )
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}

@@ -16,6 +16,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod metrics;
 pub mod receiver;
+pub mod sender;
 pub mod signature;
 pub mod telemetry;
 pub mod worker;

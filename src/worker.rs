@@ -12,7 +12,7 @@
 //! flight gets `worker.shutdown_grace_ms` to finish.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::postgres::PgListener;
@@ -108,9 +108,17 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let retention_interval = Duration::from_secs(self.config.retention_interval_secs);
         let mut listener = None;
+        let mut last_sweep: Option<Instant> = None;
         tracing::info!(handlers = self.handlers.len(), "worker started");
         while !shutdown.is_cancelled() {
+            if last_sweep.is_none_or(|at| at.elapsed() >= retention_interval) {
+                last_sweep = Some(Instant::now());
+                if let Err(error) = self.sweep().await {
+                    tracing::warn!(error = %error, "deleting expired inbox rows failed");
+                }
+            }
             if listener.is_none() {
                 listener = self.listen().await;
             }
@@ -140,6 +148,29 @@ impl Worker {
             }
         }
         tracing::info!("worker stopped");
+    }
+
+    /// Deletes `done` and `ignored` rows past `worker.retention_days`, a thousand at a time so
+    /// that no statement holds many locks. Returns how many were deleted.
+    pub async fn sweep(&self) -> Result<u64, sqlx::Error> {
+        const BATCH: i64 = 1000;
+        let before = Utc::now() - chrono::Duration::days(self.config.retention_days.into());
+        let mut deleted = 0;
+        loop {
+            let batch = inbox::purge_finished(&self.pool, before, BATCH).await?;
+            deleted += batch;
+            if batch < BATCH as u64 {
+                break;
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                retention_days = self.config.retention_days,
+                "deleted expired inbox rows"
+            );
+        }
+        Ok(deleted)
     }
 
     async fn listen(&self) -> Option<PgListener> {

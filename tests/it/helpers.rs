@@ -130,3 +130,37 @@ pub async fn inbox(pool: &PgPool) -> Vec<(String, String, String, String)> {
         .await
         .unwrap()
 }
+
+/// The URL of the test's own database (the one `pool` connects to).
+pub fn database_url(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options
+            .get_database()
+            .expect("sqlx::test names the database")
+    )
+}
+
+/// Runs the `dsyncd` binary with `args` against the test's database; returns (success,
+/// stdout, stderr).
+pub async fn dsyncd(pool: &PgPool, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dsyncd"))
+        .args(args)
+        .env("DATABASE_URL", database_url(pool))
+        .env_remove("WORKOS_WEBHOOK_SECRET")
+        .env_remove("DSYNCD_CONFIG")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("the binary runs");
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}

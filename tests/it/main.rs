@@ -2,6 +2,7 @@
 //! service on a real socket where HTTP matters.
 
 mod helpers;
+mod operations;
 mod receiver;
 mod signature;
 mod worker;

@@ -1,5 +1,8 @@
-//! The `dsyncd` binary: command line, configuration, logging and signals. Everything else is in
-//! the library.
+//! The `dsyncd` binary: command line, configuration, logging and signals. The service itself is
+//! in the library; the operator commands' output is in the modules next to this file.
+
+mod inbox;
+mod send;
 
 use std::path::PathBuf;
 
@@ -31,6 +34,20 @@ enum Command {
     },
     /// Apply the database migrations that are not applied yet.
     Migrate,
+    /// Look at the inbox, requeue dead events, re-apply stored ones.
+    #[command(subcommand)]
+    Inbox(inbox::InboxCommand),
+    /// Sign and post a sample event (or a body of yours) as WorkOS would.
+    Send(send::SendArgs),
+    /// Check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted), or the error that stops it.
+    Check,
 }
 
 #[tokio::main]
@@ -48,6 +65,14 @@ async fn main() -> anyhow::Result<()> {
             let pool = app::connect(&config)?;
             app::migrate(&pool).await.context("applying migrations")?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Inbox(command) => inbox::run(&config, command).await,
+        Command::Send(args) => send::run(&config, args).await,
+        Command::Config(ConfigCommand::Check) => {
+            config.validate()?;
+            config.database_url()?;
+            print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
     }
