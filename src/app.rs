@@ -7,10 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -135,10 +138,7 @@ impl Service {
         self.check_schema().await?;
         tracing::info!(address = %listener.local_addr()?, ?role, "dsyncd listening");
 
-        let worker = role
-            .works()
-            .then(|| tokio::spawn(self.worker().run(shutdown.clone())));
-        let (router, writer) = if role.receives() {
+        let (mut router, writer) = if role.receives() {
             let (ingest, writer) = Ingest::start(self.pool.clone(), &self.config);
             let verifier = Verifier::new(&self.config.webhook.secrets, self.config.tolerance());
             let receiver = Receiver::new(
@@ -153,23 +153,28 @@ impl Service {
             (Receiver::health_router(self.pool.clone()), None)
         };
         let metrics = Receiver::metrics_router(self.metrics.clone(), self.pool.clone());
-        let router = self.layers(router.merge(metrics));
-
-        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
-        let stopping = shutdown.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            stopping.cancelled().await;
-        });
-        let server = tokio::spawn(async move { server.await });
-        shutdown.cancelled().await;
-        if tokio::time::timeout(grace, server).await.is_err() {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "requests still running at the end of the grace period"
-            );
+        let admin = match self.config.server.metrics_listen {
+            Some(address) => {
+                let admin = TcpListener::bind(address).await?;
+                tracing::info!(address = %admin.local_addr()?, "metrics listening");
+                Some(self.serve(admin, metrics, &shutdown).await?)
+            }
+            None => {
+                router = router.merge(metrics);
+                None
+            }
+        };
+        let main = self.serve(listener, self.layers(router), &shutdown).await?;
+        let worker = role
+            .works()
+            .then(|| tokio::spawn(self.worker().run(shutdown.clone())));
+        for server in std::iter::once(main).chain(admin) {
+            if let Err(error) = server.await? {
+                tracing::error!(error = %error, "the HTTP server failed");
+            }
         }
-        // The router, and with it the last handle on the writer, is gone: the writer flushes
-        // what is queued and stops.
+        // The servers are gone, and with them the last handle on the writer: it flushes what
+        // is queued and stops.
         if let Some(writer) = writer {
             let _ = writer.await;
         }
@@ -178,6 +183,43 @@ impl Service {
         }
         tracing::info!("dsyncd stopped");
         Ok(())
+    }
+
+    /// Serves `router` on `listener` (HTTPS when a certificate is configured) until
+    /// `shutdown`; then stops accepting and gives open requests `server.shutdown_grace_ms`
+    /// before closing their connections.
+    async fn serve(
+        &self,
+        listener: TcpListener,
+        router: Router,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+        let handle = axum_server::Handle::new();
+        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
+        let stopping = handle.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stopping.graceful_shutdown(Some(grace));
+        });
+        let server = axum_server::from_tcp(listener.into_std()?)?.handle(handle);
+        let service = router.into_make_service();
+        let task = match &self.config.server.tls {
+            Some(tls) => {
+                let rustls = RustlsConfig::from_pem_file(&tls.cert_path, &tls.key_path)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "loading server.tls ({} and {})",
+                            tls.cert_path.display(),
+                            tls.key_path.display()
+                        )
+                    })?;
+                tokio::spawn(server.acceptor(RustlsAcceptor::new(rustls)).serve(service))
+            }
+            None => tokio::spawn(server.serve(service)),
+        };
+        Ok(task)
     }
 
     fn layers(&self, router: Router) -> Router {

@@ -79,6 +79,20 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// Serve `GET /metrics` on this address instead of the main one.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve HTTPS with this certificate; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM file with the private key.
+    pub key_path: PathBuf,
 }
 
 /// `[webhook]`
@@ -165,6 +179,8 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             request_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            metrics_listen: None,
+            tls: None,
         }
     }
 }

@@ -252,3 +252,73 @@ async fn retention_deletes_old_finished_rows_and_keeps_dead_ones(pool: PgPool) {
     let left: Vec<String> = inbox(&pool).await.into_iter().map(|row| row.0).collect();
     assert_eq!(left, vec!["new_done", "old_dead", "pending"]);
 }
+
+#[sqlx::test]
+async fn serves_https_when_a_certificate_is_configured(pool: PgPool) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("dsyncd-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+    let mut config = TestApp::config();
+    config.server.tls = Some(dsyncd::config::TlsConfig {
+        cert_path,
+        key_path,
+    });
+    let app = TestApp::spawn_with(pool.clone(), config, Role::Receiver).await;
+
+    let port = app.address.rsplit(':').next().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let body = user_created("event_over_tls");
+    let response = client
+        .post(format!("https://localhost:{port}/webhooks/workos"))
+        .header("WorkOS-Signature", sign_now(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(inbox(&pool).await.len(), 1);
+    // Plain HTTP is not served on that port.
+    assert!(app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .is_err());
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn metrics_can_move_to_an_admin_port(pool: PgPool) {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_address = admin.local_addr().unwrap();
+    drop(admin);
+    let mut config = TestApp::config();
+    config.server.metrics_listen = Some(admin_address);
+    let app = TestApp::spawn_with(pool, config, Role::All).await;
+    let main = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(main.status(), 404);
+    let text = app
+        .client
+        .get(format!("http://{admin_address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("dsyncd_inbox_depth"), "{text}");
+    app.stop().await;
+}
