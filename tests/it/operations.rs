@@ -322,3 +322,14 @@ async fn metrics_can_move_to_an_admin_port(pool: PgPool) {
     assert!(text.contains("dsyncd_inbox_depth"), "{text}");
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn healthcheck_exits_zero_only_while_the_service_is_ready(pool: PgPool) {
+    let app = TestApp::receiver(pool.clone()).await;
+    let url = format!("{}/readyz", app.address);
+    let (ok, _, stderr) = dsyncd(&pool, &["healthcheck", "--url", &url], &[]).await;
+    assert!(ok, "{stderr}");
+    app.stop().await;
+    let (ok, _, _) = dsyncd(&pool, &["healthcheck", "--url", &url], &[]).await;
+    assert!(!ok, "nothing listens there any more");
+}

@@ -42,6 +42,13 @@ enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Exit 0 if the service on this configuration's address is ready (for container health
+    /// checks, where there is no curl).
+    Healthcheck {
+        /// The readiness URL; by default `/readyz` on this configuration's own address.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +76,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Inbox(command) => inbox::run(&config, command).await,
         Command::Send(args) => send::run(&config, args).await,
+        Command::Healthcheck { url } => {
+            let url = url.unwrap_or_else(|| send::own_url(&config, "/readyz"));
+            let response = send::client()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(3))
+                .send()
+                .await
+                .with_context(|| format!("asking {url}"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url} answered {}",
+                response.status()
+            );
+            Ok(())
+        }
         Command::Config(ConfigCommand::Check) => {
             config.validate()?;
             config.database_url()?;

@@ -42,8 +42,10 @@ pub async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("clap requires one of them"),
     };
-    let url = args.url.unwrap_or_else(|| default_url(config));
-    let answer = sender::post_signed(&reqwest::Client::new(), &url, secret, body)
+    let url = args
+        .url
+        .unwrap_or_else(|| own_url(config, dsyncd::receiver::WEBHOOK_PATH));
+    let answer = sender::post_signed(&client(), &url, secret, body)
         .await
         .with_context(|| format!("posting to {url}"))?;
     println!("{} {}", answer.status, answer.body);
@@ -53,8 +55,8 @@ pub async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This configuration's own webhook URL, reached over loopback when it listens everywhere.
-fn default_url(config: &Config) -> String {
+/// A URL of this configuration's own server, reached over loopback when it listens everywhere.
+pub fn own_url(config: &Config, path: &str) -> String {
     let listen = config.server.listen;
     let host = if listen.ip().is_unspecified() {
         "127.0.0.1".to_owned()
@@ -63,9 +65,20 @@ fn default_url(config: &Config) -> String {
     } else {
         listen.ip().to_string()
     };
-    format!(
-        "http://{host}:{}{}",
-        listen.port(),
-        dsyncd::receiver::WEBHOOK_PATH
-    )
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}:{}{path}", listen.port())
+}
+
+/// A client for talking to our own server. The server's certificate may be self-signed and
+/// name another host than loopback, so certificates are not checked: this client only ever
+/// sends sample data to a URL the operator chose.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("a client without extra configuration builds")
 }
