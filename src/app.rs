@@ -121,6 +121,28 @@ impl Service {
         })
     }
 
+    /// The receiver's routes: `POST /webhooks/workos`, `/healthz` and `/readyz`, to serve or to
+    /// merge into an existing axum application (see `examples/embedded.rs`). Each call starts a
+    /// group-commit writer, which stops once the router is dropped. `/metrics` is
+    /// [`Service::metrics_router`].
+    pub fn router(&self) -> Router {
+        let (ingest, _writer) = Ingest::start(self.pool.clone(), &self.config);
+        let verifier = Verifier::new(&self.config.webhook.secrets, self.config.tolerance());
+        Receiver::new(
+            verifier,
+            ingest,
+            self.pool.clone(),
+            self.config.server.body_limit_bytes,
+            self.metrics.clone(),
+        )
+        .router()
+    }
+
+    /// `GET /metrics`, reporting this service's receiver and worker.
+    pub fn metrics_router(&self) -> Router {
+        Receiver::metrics_router(self.metrics.clone(), self.pool.clone())
+    }
+
     /// Binds `server.listen` and runs until `shutdown`.
     pub async fn run(self, role: Role, shutdown: CancellationToken) -> anyhow::Result<()> {
         let listener = TcpListener::bind(self.config.server.listen).await?;
@@ -138,21 +160,12 @@ impl Service {
         self.check_schema().await?;
         tracing::info!(address = %listener.local_addr()?, ?role, "dsyncd listening");
 
-        let (mut router, writer) = if role.receives() {
-            let (ingest, writer) = Ingest::start(self.pool.clone(), &self.config);
-            let verifier = Verifier::new(&self.config.webhook.secrets, self.config.tolerance());
-            let receiver = Receiver::new(
-                verifier,
-                ingest,
-                self.pool.clone(),
-                self.config.server.body_limit_bytes,
-                self.metrics.clone(),
-            );
-            (receiver.router(), Some(writer))
+        let mut router = if role.receives() {
+            self.router()
         } else {
-            (Receiver::health_router(self.pool.clone()), None)
+            Receiver::health_router(self.pool.clone())
         };
-        let metrics = Receiver::metrics_router(self.metrics.clone(), self.pool.clone());
+        let metrics = self.metrics_router();
         let admin = match self.config.server.metrics_listen {
             Some(address) => {
                 let admin = TcpListener::bind(address).await?;
@@ -172,11 +185,6 @@ impl Service {
             if let Err(error) = server.await? {
                 tracing::error!(error = %error, "the HTTP server failed");
             }
-        }
-        // The servers are gone, and with them the last handle on the writer: it flushes what
-        // is queued and stops.
-        if let Some(writer) = writer {
-            let _ = writer.await;
         }
         if let Some(worker) = worker {
             let _ = worker.await;
