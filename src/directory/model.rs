@@ -354,9 +354,9 @@ impl Fields<'_> {
         data: WorkosDirectory,
         kind: EventKind,
     ) -> Result<DirectoryRow, HandlerError> {
-        let updated_at = self.required_timestamp(data.updated_at, "data.updated_at")?;
+        let updated_at = self.required_timestamp(data.updated_at, "data", "updated_at")?;
         Ok(DirectoryRow {
-            id: self.required_id(data.id, "data.id")?,
+            id: self.required_id(data.id, "data", "id")?,
             organization_id: data.organization_id,
             name: data.name,
             directory_type: data.directory_type,
@@ -377,10 +377,10 @@ impl Fields<'_> {
         kind: EventKind,
         path: &str,
     ) -> Result<UserRow, HandlerError> {
-        let updated_at = self.required_timestamp(data.updated_at, &format!("{path}.updated_at"))?;
+        let updated_at = self.required_timestamp(data.updated_at, path, "updated_at")?;
         Ok(UserRow {
-            id: self.required_id(data.id, &format!("{path}.id"))?,
-            directory_id: self.required_id(data.directory_id, &format!("{path}.directory_id"))?,
+            id: self.required_id(data.id, path, "id")?,
+            directory_id: self.required_id(data.directory_id, path, "directory_id")?,
             organization_id: data.organization_id,
             idp_id: data.idp_id,
             email: data.email,
@@ -415,10 +415,10 @@ impl Fields<'_> {
         kind: EventKind,
         path: &str,
     ) -> Result<GroupRow, HandlerError> {
-        let updated_at = self.required_timestamp(data.updated_at, &format!("{path}.updated_at"))?;
+        let updated_at = self.required_timestamp(data.updated_at, path, "updated_at")?;
         Ok(GroupRow {
-            id: self.required_id(data.id, &format!("{path}.id"))?,
-            directory_id: self.required_id(data.directory_id, &format!("{path}.directory_id"))?,
+            id: self.required_id(data.id, path, "id")?,
+            directory_id: self.required_id(data.directory_id, path, "directory_id")?,
             organization_id: data.organization_id,
             idp_id: data.idp_id,
             name: data.name,
@@ -436,9 +436,9 @@ impl Fields<'_> {
         data: WorkosMembership,
         kind: EventKind,
     ) -> Result<MembershipChange, HandlerError> {
-        let directory_id = self.required_id(data.directory_id, "data.directory_id")?;
-        let user = data.user.ok_or_else(|| self.missing("data.user"))?;
-        let group = data.group.ok_or_else(|| self.missing("data.group"))?;
+        let directory_id = self.required_id(data.directory_id, "data", "directory_id")?;
+        let user = data.user.ok_or_else(|| self.missing("data", "user"))?;
+        let group = data.group.ok_or_else(|| self.missing("data", "group"))?;
         // The snapshots are stored under the membership event's id and type, which order
         // like any other snapshot event (rank 0).
         let user = self.user_row(user, kind, "data.user")?;
@@ -470,9 +470,16 @@ impl Fields<'_> {
         })
     }
 
-    fn required_id(&self, value: Option<Value>, field: &str) -> Result<String, HandlerError> {
+    /// An id: 1 to [`MAX_FIELD_LEN`] characters without control characters, so that it fits
+    /// in a change notification. `path` and `name` only build the rejection message.
+    fn required_id(
+        &self,
+        value: Option<Value>,
+        path: &str,
+        name: &str,
+    ) -> Result<String, HandlerError> {
         match value {
-            None => Err(self.missing(field)),
+            None => Err(self.missing(path, name)),
             Some(Value::String(id))
                 if !id.is_empty()
                     && id.len() <= MAX_FIELD_LEN
@@ -481,7 +488,7 @@ impl Fields<'_> {
                 Ok(id)
             }
             Some(_) => Err(self.rejected(
-                field,
+                &format!("{path}.{name}"),
                 &format!(
                     "is not an id (1 to {MAX_FIELD_LEN} characters without control characters)"
                 ),
@@ -492,12 +499,17 @@ impl Fields<'_> {
     fn required_timestamp(
         &self,
         value: Option<Value>,
-        field: &str,
+        path: &str,
+        name: &str,
     ) -> Result<DateTime<Utc>, HandlerError> {
         match value {
-            None => Err(self.missing(field)),
-            Some(value) => read_timestamp(&value)
-                .ok_or_else(|| self.rejected(field, &format!("is not a timestamp: {value}"))),
+            None => Err(self.missing(path, name)),
+            Some(value) => read_timestamp(&value).ok_or_else(|| {
+                self.rejected(
+                    &format!("{path}.{name}"),
+                    &format!("is not a timestamp: {value}"),
+                )
+            }),
         }
     }
 
@@ -516,8 +528,8 @@ impl Fields<'_> {
         Ok(())
     }
 
-    fn missing(&self, field: &str) -> HandlerError {
-        self.rejected(field, "is missing")
+    fn missing(&self, path: &str, name: &str) -> HandlerError {
+        self.rejected(&format!("{path}.{name}"), "is missing")
     }
 
     fn rejected(&self, field: &str, problem: &str) -> HandlerError {
