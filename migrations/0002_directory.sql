@@ -5,7 +5,7 @@
 
 -- The rank of an event type in the ordering key `(data.updated_at, rank, event id)`: at the same
 -- `updated_at` a deletion beats the legacy deactivation, which beats everything else.
--- src/directory/model.rs (`EventKind::rank`) must agree; a test checks that it does.
+-- src/directory/model.rs (`EventKind::rank`) must agree: tests check both against the same table.
 CREATE FUNCTION workos.event_rank(event text) RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$

@@ -791,6 +791,28 @@ mod tests {
     }
 
     #[test]
+    fn ranks_like_the_sql_function() {
+        // The same table as `the_sql_event_rank_orders_like_the_spec` in tests/directory.rs.
+        let expected = [
+            ("dsync.activated", 0),
+            ("dsync.deactivated", 1),
+            ("dsync.deleted", 2),
+            ("dsync.user.created", 0),
+            ("dsync.user.updated", 0),
+            ("dsync.user.deleted", 2),
+            ("dsync.group.created", 0),
+            ("dsync.group.updated", 0),
+            ("dsync.group.deleted", 2),
+            ("dsync.group.user_added", 0),
+            ("dsync.group.user_removed", 0),
+        ];
+        for (event_type, rank) in expected {
+            let kind = EventKind::from_event_type(event_type).unwrap();
+            assert_eq!(kind.rank(), rank, "{event_type}");
+        }
+    }
+
+    #[test]
     fn knows_exactly_the_directory_events() {
         for kind in EventKind::ALL {
             assert_eq!(EventKind::from_event_type(kind.event_type()), Some(kind));
