@@ -19,6 +19,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{Config, ConfigError};
+use crate::directory::DirectoryHandler;
 use crate::handler::EventHandler;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -96,7 +97,7 @@ impl Service {
         Ok(Service {
             config,
             pool,
-            handlers: Vec::new(),
+            handlers: vec![Arc::new(DirectoryHandler)],
             metrics: Metrics::new(),
         })
     }

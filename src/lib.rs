@@ -3,13 +3,15 @@
 //!
 //! - [`receiver`]: the HTTP edge; verifies ([`signature`]), reads the [`envelope`] and stores
 //!   through [`ingest`] (group commit) into the [`inbox`];
-//! - [`worker`]: drains the inbox into [`handler`]s, the built-in one keeping the synced tables;
+//! - [`worker`]: drains the inbox into [`handler`]s, the built-in [`directory`] one keeping
+//!   the synced tables;
 //! - [`app`]: builds all of it from a [`config::Config`]; [`telemetry`]: logging.
 //!
 //! `docs/ARCHITECTURE.md` tells how the parts fit together.
 
 pub mod app;
 pub mod config;
+pub mod directory;
 pub mod envelope;
 pub mod handler;
 pub mod inbox;
@@ -22,4 +24,5 @@ pub mod telemetry;
 pub mod worker;
 
 pub use app::{Role, Service};
+pub use directory::DirectoryHandler;
 pub use handler::{Event, EventHandler, HandlerError};

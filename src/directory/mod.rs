@@ -1,0 +1,240 @@
+//! The built-in handler: keeps the synced directory tables (`workos.directories`,
+//! `directory_users`, `directory_groups`, `directory_group_memberships`) equal to what applying
+//! every `dsync.*` event in order would give, whatever order, duplicates and retries they
+//! arrive in, and tells listeners which rows changed. `docs/SCHEMA.md` is the contract for the
+//! apps that read the tables; this module owns writing them.
+//!
+//! A batch is applied set-wise: read and reduced in Rust (`plan`), then written in a handful
+//! of statements (`store`), whatever its size. The worker drains backlogs of tens of thousands
+//! of events a second in batches of hundreds, so per-event round trips would not keep up.
+//!
+//! The rules, in short (the long form is in `docs/SCHEMA.md`):
+//! - a directory, user or group row holds the snapshot of the event with the greatest key
+//!   `(data.updated_at, rank, event id)`, rank 2 for deletions, 1 for `dsync.deactivated`;
+//! - a membership row is decided by its newest membership event, by `(created_at, event id)`;
+//! - deletions are soft and cascade (directory to everything in it, user and group to their
+//!   memberships) onto rows not newer than the deletion, whichever arrives first.
+
+mod model;
+mod plan;
+mod store;
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use sqlx::PgConnection;
+
+use self::model::EventKind;
+use self::plan::Plan;
+use self::store::{Change, ChangedRow};
+use crate::handler::{Event, EventHandler, HandlerError};
+
+/// The channel on which the handler announces changed rows, once per row and batch, when the
+/// batch commits. The payload is a JSON object:
+/// `{"table": "directory_users", "id": …, "directory_id": …, "op": "upsert" | "delete"}`;
+/// membership payloads carry `group_id` and `user_id` instead of `id`. `op` says whether the
+/// row is live or deleted after the change.
+pub const CHANGES_CHANNEL: &str = "workos_directory_changes";
+
+/// Applies `dsync.*` events to the synced directory tables. Stateless: one value can serve
+/// every worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectoryHandler;
+
+impl DirectoryHandler {
+    /// The handler.
+    pub fn new() -> Self {
+        DirectoryHandler
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for DirectoryHandler {
+    fn name(&self) -> &'static str {
+        "directory"
+    }
+
+    /// The directory, user, group and membership events; not `dsync.token.*` nor anything
+    /// outside `dsync.*`.
+    fn handles(&self, event_type: &str) -> bool {
+        EventKind::from_event_type(event_type).is_some()
+    }
+
+    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        self.handle_batch(conn, &[event]).await
+    }
+
+    async fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<(), HandlerError> {
+        let plan = Plan::for_events(events)?;
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let changed_rows = apply(conn, &plan).await?;
+        tracing::debug!(
+            directory.events = events.len(),
+            directory.changed_rows = changed_rows,
+            "applied directory events"
+        );
+        Ok(())
+    }
+}
+
+/// Writes a plan and queues its notifications; returns how many rows changed.
+async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<usize, sqlx::Error> {
+    let (directory_ids, exclusive): (Vec<String>, Vec<bool>) = plan
+        .directory_locks
+        .iter()
+        .map(|(directory_id, exclusive)| (directory_id.clone(), *exclusive))
+        .unzip();
+    store::lock_directories(conn, &directory_ids, &exclusive).await?;
+
+    // Directories first, then users and groups, then memberships: each upsert looks up the
+    // tombstones the earlier ones may have written. The cascades come last and catch the rows
+    // that were already there.
+    let mut changes = store::upsert_directories(conn, &plan.directories).await?;
+    changes.extend(store::upsert_users(conn, &plan.users).await?);
+    changes.extend(store::upsert_groups(conn, &plan.groups).await?);
+    changes.extend(store::upsert_memberships(conn, &plan.memberships).await?);
+    changes.extend(store::cascade_to_users(conn, &plan.deleted_directories).await?);
+    changes.extend(store::cascade_to_groups(conn, &plan.deleted_directories).await?);
+    changes.extend(
+        store::cascade_to_memberships(
+            conn,
+            &plan.deleted_users,
+            &plan.deleted_groups,
+            &plan.deleted_directories,
+        )
+        .await?,
+    );
+
+    let payloads = notification_payloads(changes);
+    store::notify(conn, CHANGES_CHANNEL, &payloads).await?;
+    Ok(payloads.len())
+}
+
+/// One payload per changed row, saying how the row ended up after the batch's last change.
+fn notification_payloads(changes: Vec<Change>) -> Vec<String> {
+    let last_change: BTreeMap<ChangedRow, bool> = changes
+        .into_iter()
+        .map(|change| (change.row, change.deleted))
+        .collect();
+    last_change
+        .into_iter()
+        .map(|(row, deleted)| notification_payload(&row, deleted).to_string())
+        .collect()
+}
+
+fn notification_payload(row: &ChangedRow, deleted: bool) -> serde_json::Value {
+    let op = if deleted { "delete" } else { "upsert" };
+    match row {
+        ChangedRow::Directory { id } => {
+            json!({"table": "directories", "id": id, "directory_id": id, "op": op})
+        }
+        ChangedRow::User { id, directory_id } => {
+            json!({"table": "directory_users", "id": id, "directory_id": directory_id, "op": op})
+        }
+        ChangedRow::Group { id, directory_id } => {
+            json!({"table": "directory_groups", "id": id, "directory_id": directory_id, "op": op})
+        }
+        ChangedRow::Membership {
+            group_id,
+            user_id,
+            directory_id,
+        } => json!({
+            "table": "directory_group_memberships",
+            "group_id": group_id,
+            "user_id": user_id,
+            "directory_id": directory_id,
+            "op": op,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::MAX_FIELD_LEN;
+
+    #[test]
+    fn handles_directory_events_only() {
+        let handler = DirectoryHandler::new();
+        assert_eq!(handler.name(), "directory");
+        for event_type in [
+            "dsync.activated",
+            "dsync.deactivated",
+            "dsync.deleted",
+            "dsync.user.created",
+            "dsync.user.updated",
+            "dsync.user.deleted",
+            "dsync.group.created",
+            "dsync.group.updated",
+            "dsync.group.deleted",
+            "dsync.group.user_added",
+            "dsync.group.user_removed",
+        ] {
+            assert!(handler.handles(event_type), "{event_type}");
+        }
+        for event_type in [
+            "dsync.token.created",
+            "dsync.token.revoked",
+            "connection.activated",
+        ] {
+            assert!(!handler.handles(event_type), "{event_type}");
+        }
+    }
+
+    #[test]
+    fn one_payload_per_row_with_its_last_state() {
+        let user = ChangedRow::User {
+            id: "u1".into(),
+            directory_id: "d1".into(),
+        };
+        let membership = ChangedRow::Membership {
+            group_id: "g1".into(),
+            user_id: "u1".into(),
+            directory_id: "d1".into(),
+        };
+        let payloads = notification_payloads(vec![
+            Change {
+                row: user.clone(),
+                deleted: false,
+            },
+            Change {
+                row: membership,
+                deleted: false,
+            },
+            Change {
+                row: user,
+                deleted: true,
+            },
+        ]);
+        let payloads: Vec<serde_json::Value> = payloads
+            .iter()
+            .map(|payload| serde_json::from_str(payload).unwrap())
+            .collect();
+        assert_eq!(
+            payloads,
+            [
+                json!({"table": "directory_users", "id": "u1", "directory_id": "d1", "op": "delete"}),
+                json!({"table": "directory_group_memberships", "group_id": "g1", "user_id": "u1",
+                       "directory_id": "d1", "op": "upsert"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn payloads_stay_under_the_notify_limit() {
+        // Ids are at most MAX_FIELD_LEN characters, and quotes double when escaped.
+        let id = "\"".repeat(MAX_FIELD_LEN);
+        let row = ChangedRow::Membership {
+            group_id: id.clone(),
+            user_id: id.clone(),
+            directory_id: id,
+        };
+        assert!(notification_payload(&row, true).to_string().len() < 8000);
+    }
+}
