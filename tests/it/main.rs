@@ -1,6 +1,8 @@
 //! Integration tests: one binary, a fresh migrated database per test (`#[sqlx::test]`), the
 //! service on a real socket where HTTP matters.
 
+mod directory;
+mod end_to_end;
 mod helpers;
 mod operations;
 mod receiver;

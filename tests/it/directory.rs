@@ -2,9 +2,8 @@
 //! property test that any delivery order (with duplicates, in any batch sizes) leaves the same
 //! tables as applying the events in order.
 //!
-//! Events are built from the example bodies in `../shared/spec/events/`.
+//! Events are built from the example bodies in `samples/`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,11 +26,9 @@ const GROUP: &str = "directory_group_01E1JJS84MFPPQ3G655FHTKX6Z";
 struct Body(Value);
 
 impl Body {
-    /// An example body from `shared/spec/events/`, e.g. `dsync.user.created`.
+    /// An example body from `samples/`, e.g. `dsync.user.created`.
     fn example(name: &str) -> Body {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/spec/events")
-            .join(format!("{name}.json"));
+        let path = crate::helpers::sample_path(&format!("{name}.json"));
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
         Body(serde_json::from_str(&text).expect("examples are JSON"))
