@@ -1,0 +1,70 @@
+"""Turns bench/suite's results into the Markdown table of BENCHMARKS.md, with the bars."""
+import json
+import platform
+import subprocess
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1])]
+ingest = [r for r in rows if r["kind"] == "ingest"]
+drain = next(r for r in rows if r["kind"] == "drain")
+lag = next(r for r in rows if r["kind"] == "lag")
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+print(f"Machine: {cpu} cores, {platform.machine()}, {platform.release()}")
+print()
+print("| connections | events/s | p50 ms | p99 ms | non-2xx | stored | peak RSS MB | pgbench tps (before, after) | pgbench p50 ms | ratio |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+by_connections = {}
+for r in ingest:
+    run = r["run"]
+    tps = mean(r["pgbench_tps"])
+    ratio = run["throughput"] / tps
+    by_connections[run["connections"]] = (r, tps, ratio)
+    print(
+        f"| {run['connections']} | {run['throughput']:.0f} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} "
+        f"| {run['non_2xx'] + run['transport_errors']} | {r['stored']} | {r['rss_mb']} "
+        f"| {r['pgbench_tps'][0]:.0f}, {r['pgbench_tps'][1]:.0f} | {mean(r['pgbench_p50_ms']):.3f} | {ratio:.2f} |"
+    )
+print()
+drain_rate = drain["events"] / drain["seconds"]
+pg64 = by_connections[64][1]
+print(
+    f"Drain: {drain['events']} events ({drain['users']} users) in {drain['seconds']:.2f} s = "
+    f"{drain_rate:.0f} events/s, {drain_rate / pg64:.2f} x pgbench at 64 clients; peak RSS {drain['rss_mb']} MB"
+)
+run = lag["run"]
+print(
+    f"Lag at {run['requests'] / run['seconds']:.0f} events/s offered to --role all: "
+    f"p50 {run['lag_p50_ms']:.1f} ms, p99 {run['lag_p99_ms']:.1f} ms "
+    f"({run['applied']} of {run['ok']} seen applied); peak RSS {lag['rss_mb']} MB"
+)
+print()
+
+r64, tps64, ratio64 = by_connections[64]
+r1, _, _ = by_connections[1]
+bars = [
+    ("ingest at 64: >= 2.4 x pgbench", ratio64 >= 2.4, f"{ratio64:.2f} x"),
+    ("ingest at 64: p99 <= 10 ms", r64["run"]["p99_ms"] <= 10, f"{r64['run']['p99_ms']:.2f} ms"),
+    ("ingest at 64: no non-2xx", r64["run"]["non_2xx"] + r64["run"]["transport_errors"] == 0, str(r64["run"]["non_2xx"])),
+    (
+        "ingest at 1: p50 <= pgbench p50 + 0.25 ms",
+        r1["run"]["p50_ms"] <= mean(r1["pgbench_p50_ms"]) + 0.25,
+        f"{r1['run']['p50_ms']:.3f} vs {mean(r1['pgbench_p50_ms']):.3f} ms",
+    ),
+    ("drain: >= 2.4 x pgbench", drain_rate / pg64 >= 2.4, f"{drain_rate / pg64:.2f} x"),
+    ("lag p99 <= 50 ms", run["lag_p99_ms"] <= 50, f"{run['lag_p99_ms']:.1f} ms"),
+    (
+        "peak RSS <= 32 MB",
+        max([r["rss_mb"] for r in ingest] + [drain["rss_mb"], lag["rss_mb"]]) <= 32,
+        f"{max([r['rss_mb'] for r in ingest] + [drain['rss_mb'], lag['rss_mb']])} MB",
+    ),
+]
+print("| bar | holds | measured |")
+print("|---|---|---|")
+for name, holds, measured in bars:
+    print(f"| {name} | {'yes' if holds else 'NO'} | {measured} |")

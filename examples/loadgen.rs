@@ -1,0 +1,243 @@
+//! A load generator for dsyncd (used by `bench/run` and the reliability scripts): posts unique,
+//! pre-signed `dsync.user.created` deliveries of about 1 KB over keep-alive HTTP/1.1
+//! connections and prints one JSON line of results.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/webhooks/workos \
+//!     --secret whsec_… --connections 64 --requests 100000
+//! ```
+//!
+//! Closed loop by default (each connection sends its next request when the last is answered);
+//! with `--rate` the requests are paced to that many per second in total. With
+//! `--changes-database URL` it also listens on `workos_directory_changes` and reports the lag
+//! from each 200 to the notification that its user was applied.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use dsyncd::config::Secret;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The webhook URL (http only).
+    #[arg(long)]
+    url: String,
+    /// The secret to sign with.
+    #[arg(long, env = "WORKOS_WEBHOOK_SECRET")]
+    secret: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 50_000)]
+    requests: usize,
+    /// Pace to this many requests per second in total (default: as fast as answered).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Listen for applied users on this database and report the lag.
+    #[arg(long)]
+    changes_database: Option<String>,
+    /// Prefix of the event and user ids, to keep runs apart.
+    #[arg(long, default_value = "bench")]
+    id_prefix: String,
+    /// Print the first body and exit (for a side-by-side pgbench of the same rows).
+    #[arg(long)]
+    print_body: bool,
+}
+
+struct Delivery {
+    user_id: String,
+    body: Bytes,
+    signature: String,
+}
+
+/// One request's outcome: (status or 0 for a transport error, latency, when answered, user).
+type Outcome = (u16, Duration, Instant, usize);
+
+fn deliveries(args: &Args) -> Vec<Delivery> {
+    let secret = Secret::new(args.secret.clone());
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let template: Value =
+        serde_json::from_str(include_str!("../samples/dsync.user.created.json")).unwrap();
+    (0..args.requests)
+        .map(|n| {
+            let user_id = format!("directory_user_{}_{n:08}", args.id_prefix);
+            let mut body = template.clone();
+            body["id"] = json!(format!("event_{}_{n:08}", args.id_prefix));
+            body["data"]["id"] = json!(user_id);
+            body["data"]["idp_id"] = json!(format!("{n}"));
+            body["data"]["email"] = json!(format!("user{n}@example.com"));
+            // Pad the sample (about 860 bytes) to the size the bars speak of, about 1 KB.
+            let raw = &mut body["data"]["raw_attributes"];
+            raw["title"] = json!("Senior Software Engineer, Platform");
+            raw["cost_center"] = json!("CC-1042 Platform Engineering");
+            raw["location"] = json!("Berlin, Germany");
+            raw["employee_number"] = json!(format!("{n:08}"));
+            let body = Bytes::from(serde_json::to_vec(&body).unwrap());
+            let signature = dsyncd::signature::sign(&secret, now_ms, &body);
+            Delivery {
+                user_id,
+                body,
+                signature,
+            }
+        })
+        .collect()
+}
+
+async fn connection(
+    url: hyper::Uri,
+    deliveries: Arc<Vec<Delivery>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+    pace: Option<Duration>,
+    started: Instant,
+) -> Vec<Outcome> {
+    let authority = url.authority().unwrap().clone();
+    let stream = TcpStream::connect(authority.as_str())
+        .await
+        .expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut outcomes = Vec::new();
+    loop {
+        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(delivery) = deliveries.get(index) else {
+            break;
+        };
+        if let Some(pace) = pace {
+            tokio::time::sleep_until((started + pace * index as u32).into()).await;
+        }
+        let request = Request::post(url.clone())
+            .header("host", authority.as_str())
+            .header("content-type", "application/json")
+            .header("workos-signature", &delivery.signature)
+            .body(Full::new(delivery.body.clone()))
+            .unwrap();
+        let sent = Instant::now();
+        let status = match sender.send_request(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let _ = response.into_body().collect().await;
+                status
+            }
+            Err(_) => 0,
+        };
+        let answered = Instant::now();
+        outcomes.push((status, answered - sent, answered, index));
+        if status == 0 {
+            break;
+        }
+    }
+    outcomes
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.print_body {
+        args.requests = 1;
+        let body = &deliveries(&args)[0].body;
+        println!("{}", String::from_utf8_lossy(body));
+        return Ok(());
+    }
+    let url: hyper::Uri = args.url.parse()?;
+    let deliveries = Arc::new(deliveries(&args));
+    let applied: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    if let Some(database) = &args.changes_database {
+        let mut listener = sqlx::postgres::PgListener::connect(database).await?;
+        listener.listen("workos_directory_changes").await?;
+        let applied = applied.clone();
+        tokio::spawn(async move {
+            while let Ok(notification) = listener.recv().await {
+                let at = Instant::now();
+                if let Ok(payload) = serde_json::from_str::<Value>(notification.payload()) {
+                    if let Some(id) = payload["id"].as_str() {
+                        applied.lock().unwrap().entry(id.to_owned()).or_insert(at);
+                    }
+                }
+            }
+        });
+    }
+
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pace = args.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|_| {
+            tokio::spawn(connection(
+                url.clone(),
+                deliveries.clone(),
+                next.clone(),
+                pace,
+                started,
+            ))
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(args.requests);
+    for task in tasks {
+        outcomes.extend(task.await?);
+    }
+    let elapsed = started.elapsed();
+
+    let ok = outcomes
+        .iter()
+        .filter(|o| (200..300).contains(&o.0))
+        .count();
+    let errors = outcomes.iter().filter(|o| o.0 == 0).count();
+    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.1).collect();
+    latencies.sort();
+    let mut report = json!({
+        "connections": args.connections,
+        "requests": outcomes.len(),
+        "ok": ok,
+        "non_2xx": outcomes.len() - ok - errors,
+        "transport_errors": errors,
+        "seconds": elapsed.as_secs_f64(),
+        "throughput": ok as f64 / elapsed.as_secs_f64(),
+        "p50_ms": percentile(&latencies, 50.0),
+        "p99_ms": percentile(&latencies, 99.0),
+    });
+
+    if args.changes_database.is_some() {
+        // Wait (bounded) for the last notifications.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while applied.lock().unwrap().len() < ok && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let applied = applied.lock().unwrap();
+        let mut lags: Vec<Duration> = outcomes
+            .iter()
+            .filter_map(|(_, _, answered, index)| {
+                let at = applied.get(&deliveries[*index].user_id)?;
+                Some(at.saturating_duration_since(*answered))
+            })
+            .collect();
+        lags.sort();
+        report["applied"] = json!(lags.len());
+        report["lag_p50_ms"] = json!(percentile(&lags, 50.0));
+        report["lag_p99_ms"] = json!(percentile(&lags, 99.0));
+    }
+    println!("{report}");
+    Ok(())
+}
