@@ -41,6 +41,10 @@ pub enum EnvelopeError {
     /// Not JSON, or not an object with string `id` and `event`.
     #[error("the body is not a JSON event object: {0}")]
     Json(#[from] serde_json::Error),
+    /// Not UTF-8, which JSON must be. (serde_json does not check the strings it skips, such as
+    /// the values of fields dsyncd does not read.)
+    #[error("the body is not UTF-8")]
+    NotUtf8,
     /// Arrays and objects nest deeper than [`MAX_DEPTH`].
     #[error("the body nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
@@ -55,10 +59,11 @@ pub enum EnvelopeError {
 impl<'a> Envelope<'a> {
     /// Reads the envelope of a delivery body. The whole body must be one valid JSON value.
     pub fn parse(body: &'a [u8]) -> Result<Self, EnvelopeError> {
+        let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
         if nesting_depth(body) > MAX_DEPTH {
             return Err(EnvelopeError::TooDeep);
         }
-        let envelope: Envelope<'a> = serde_json::from_slice(body)?;
+        let envelope: Envelope<'a> = serde_json::from_str(text)?;
         check_field("id", &envelope.id)?;
         check_field("event", &envelope.event)?;
         Ok(envelope)
@@ -169,6 +174,23 @@ mod tests {
         ] {
             assert!(
                 Envelope::parse(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_utf8_even_where_it_is_not_read() {
+        // The receiver stores a parsed body as text: every byte must be UTF-8, not only the
+        // ones serde_json decodes.
+        for body in [
+            &b"{\"id\":\"e\",\"event\":\"x\",\"object\":\"\xff\"}"[..],
+            b"{\"id\":\"e\",\"event\":\"x\",\"data\":{\"name\":\"\xc3\x28\"}}",
+            b"{\"id\":\"e\xed\xa0\x80\",\"event\":\"x\"}",
+        ] {
+            assert!(
+                matches!(Envelope::parse(body), Err(EnvelopeError::NotUtf8)),
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
