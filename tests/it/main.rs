@@ -4,6 +4,7 @@
 mod directory;
 mod end_to_end;
 mod helpers;
+mod hostile;
 mod operations;
 mod receiver;
 mod signature;
