@@ -39,7 +39,7 @@ pub struct Envelope<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
     /// Not JSON, or not an object with string `id` and `event`.
-    #[error("the body is not a JSON event object: {0}")]
+    #[error("the body is not a JSON event object: {}", describe_json_error(.0))]
     Json(#[from] serde_json::Error),
     /// Not UTF-8, which JSON must be. (serde_json does not check the strings it skips, such as
     /// the values of fields dsyncd does not read.)
@@ -113,6 +113,34 @@ fn check_field(field: &'static str, value: &str) -> Result<(), EnvelopeError> {
     } else {
         Err(EnvelopeError::Field { field })
     }
+}
+
+/// serde_json's message for `error`, without the values it may quote. "invalid type: string
+/// \"ada@example.com\", expected a sequence" would copy a piece of a delivery into a log line,
+/// an error response or an inbox row's `last_error`; it becomes "invalid type: string, expected
+/// a sequence". Syntax errors and missing or duplicate fields quote nothing from the body and
+/// are kept; any other data error is reduced to its position.
+pub(crate) fn describe_json_error(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    if error.classify() != serde_json::error::Category::Data
+        || message.starts_with("missing field")
+        || message.starts_with("duplicate field")
+    {
+        return message;
+    }
+    let position = format!("at line {} column {}", error.line(), error.column());
+    // "invalid type: <kind> <quoted value>, expected <what the type wants>": the expectation
+    // comes from the Rust type, the quoted value from the body.
+    let quoted_kind = ["invalid type: ", "invalid value: "]
+        .into_iter()
+        .find_map(|prefix| {
+            let (unexpected, expected) =
+                message.strip_prefix(prefix)?.rsplit_once(", expected ")?;
+            let expected = expected.strip_suffix(&position)?.trim_end();
+            let kind = unexpected.split(['`', '"']).next()?.trim_end();
+            Some(format!("{prefix}{kind}, expected {expected} {position}"))
+        });
+    quoted_kind.unwrap_or_else(|| format!("a value does not fit its field {position}"))
 }
 
 /// Parses a WorkOS timestamp: RFC 3339 (`2021-06-25T19:07:33.155Z`), or the zone-less form some
@@ -195,6 +223,34 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn messages_never_quote_the_body() {
+        let message = |body: &str| Envelope::parse(body.as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            message(r#""ada@example.com""#),
+            "the body is not a JSON event object: invalid type: string, expected struct Envelope at line 1 column 17"
+        );
+        assert_eq!(
+            message(r#"{"id":4111111111111111,"event":"x"}"#),
+            "the body is not a JSON event object: invalid type: integer, expected a string at line 1 column 22"
+        );
+        assert_eq!(
+            message(r#"{"id":"e","event":1.5e300}"#),
+            "the body is not a JSON event object: invalid type: floating point, expected a string at line 1 column 25"
+        );
+        // Field names come from the type, not the body: they stay.
+        assert_eq!(
+            message(r#"{"id":"ada@example.com"}"#),
+            "the body is not a JSON event object: missing field `event` at line 1 column 24"
+        );
+        // Anything else is reduced to where it is.
+        let custom = serde_json::from_str::<std::net::Ipv4Addr>(r#""ada@example.com""#);
+        assert_eq!(
+            describe_json_error(&custom.unwrap_err()),
+            "a value does not fit its field at line 1 column 17"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
 
-use crate::envelope::{Envelope, EnvelopeError};
+use crate::envelope::{describe_json_error, Envelope, EnvelopeError};
 
 /// A stored delivery, as handlers see it.
 #[derive(Debug, Clone)]
@@ -48,7 +48,11 @@ impl Event {
     /// Deserializes `data` into a type of the handler's choice.
     pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
         serde_json::from_str(self.data.get()).map_err(|error| {
-            HandlerError::Rejected(format!("`data` of {} does not fit: {error}", self.event))
+            HandlerError::Rejected(format!(
+                "`data` of {} does not fit: {}",
+                self.event,
+                describe_json_error(&error)
+            ))
         })
     }
 }

@@ -504,12 +504,9 @@ impl Fields<'_> {
     ) -> Result<DateTime<Utc>, HandlerError> {
         match value {
             None => Err(self.missing(path, name)),
-            Some(value) => read_timestamp(&value).ok_or_else(|| {
-                self.rejected(
-                    &format!("{path}.{name}"),
-                    &format!("is not a timestamp: {value}"),
-                )
-            }),
+            // The value is not quoted: it is a piece of the directory's data.
+            Some(value) => read_timestamp(&value)
+                .ok_or_else(|| self.rejected(&format!("{path}.{name}"), "is not a timestamp")),
         }
     }
 
