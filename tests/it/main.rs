@@ -7,5 +7,6 @@ mod helpers;
 mod hostile;
 mod operations;
 mod receiver;
+mod secrecy;
 mod signature;
 mod worker;
