@@ -51,6 +51,12 @@ struct Args {
     /// Print the first body and exit (for a side-by-side pgbench of the same rows).
     #[arg(long)]
     print_body: bool,
+    /// Retry each delivery until it is answered 2xx, as WorkOS does, for at most this long.
+    #[arg(long)]
+    retry_for_secs: Option<u64>,
+    /// Write the event ids answered 2xx to this file, one per line.
+    #[arg(long)]
+    acknowledged_file: Option<std::path::PathBuf>,
 }
 
 struct Delivery {
@@ -95,53 +101,109 @@ fn deliveries(args: &Args) -> Vec<Delivery> {
         .collect()
 }
 
-async fn connection(
+/// One keep-alive HTTP/1.1 connection, opened again after a failure.
+struct Connection {
+    authority: hyper::http::uri::Authority,
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Connection {
+    async fn open(&mut self) -> Option<&mut hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        if self.sender.as_ref().is_none_or(|sender| sender.is_closed()) {
+            let stream = TcpStream::connect(self.authority.as_str()).await.ok()?;
+            stream.set_nodelay(true).ok()?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        self.sender.as_mut()
+    }
+
+    /// Posts once; the status, or 0 for a transport error.
+    async fn post(&mut self, url: &hyper::Uri, signature: &str, body: Bytes) -> u16 {
+        let authority = self.authority.clone();
+        let Some(sender) = self.open().await else {
+            return 0;
+        };
+        let request = Request::post(url.clone())
+            .header("host", authority.as_str())
+            .header("content-type", "application/json")
+            .header("workos-signature", signature)
+            .body(Full::new(body))
+            .unwrap();
+        match sender.send_request(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.into_body().collect().await {
+                    Ok(_) => status,
+                    Err(_) => 0,
+                }
+            }
+            Err(_) => {
+                self.sender = None;
+                0
+            }
+        }
+    }
+}
+
+/// How a connection task sends.
+#[derive(Clone)]
+struct Plan {
     url: hyper::Uri,
     deliveries: Arc<Vec<Delivery>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
     pace: Option<Duration>,
     started: Instant,
-) -> Vec<Outcome> {
-    let authority = url.authority().unwrap().clone();
-    let stream = TcpStream::connect(authority.as_str())
-        .await
-        .expect("connect");
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    /// Retry each delivery until it is answered 2xx (as WorkOS does), re-signing each time,
+    /// for at most this long; without it, a delivery is sent once.
+    retry_for: Option<Duration>,
+    secret: Secret,
+}
+
+async fn connection(plan: Plan) -> Vec<Outcome> {
+    let mut connection = Connection {
+        authority: plan.url.authority().unwrap().clone(),
+        sender: None,
+    };
     let mut outcomes = Vec::new();
     loop {
-        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(delivery) = deliveries.get(index) else {
+        let index = plan.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(delivery) = plan.deliveries.get(index) else {
             break;
         };
-        if let Some(pace) = pace {
-            tokio::time::sleep_until((started + pace * index as u32).into()).await;
+        if let Some(pace) = plan.pace {
+            tokio::time::sleep_until((plan.started + pace * index as u32).into()).await;
         }
-        let request = Request::post(url.clone())
-            .header("host", authority.as_str())
-            .header("content-type", "application/json")
-            .header("workos-signature", &delivery.signature)
-            .body(Full::new(delivery.body.clone()))
-            .unwrap();
         let sent = Instant::now();
-        let status = match sender.send_request(request).await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let _ = response.into_body().collect().await;
-                status
+        let mut status = connection
+            .post(&plan.url, &delivery.signature, delivery.body.clone())
+            .await;
+        if let Some(retry_for) = plan.retry_for {
+            while !(200..300).contains(&status) && sent.elapsed() < retry_for {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let signature = dsyncd::signature::sign(&plan.secret, unix_ms(), &delivery.body);
+                status = connection
+                    .post(&plan.url, &signature, delivery.body.clone())
+                    .await;
             }
-            Err(_) => 0,
-        };
+        }
         let answered = Instant::now();
         outcomes.push((status, answered - sent, answered, index));
-        if status == 0 {
+        if status == 0 && plan.retry_for.is_none() {
             break;
         }
     }
     outcomes
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -180,19 +242,18 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let pace = args.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let started = Instant::now();
+    let plan = Plan {
+        url,
+        deliveries: deliveries.clone(),
+        next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        pace: args.rate.map(|rate| Duration::from_secs_f64(1.0 / rate)),
+        started: Instant::now(),
+        retry_for: args.retry_for_secs.map(Duration::from_secs),
+        secret: Secret::new(args.secret.clone()),
+    };
+    let started = plan.started;
     let tasks: Vec<_> = (0..args.connections)
-        .map(|_| {
-            tokio::spawn(connection(
-                url.clone(),
-                deliveries.clone(),
-                next.clone(),
-                pace,
-                started,
-            ))
-        })
+        .map(|_| tokio::spawn(connection(plan.clone())))
         .collect();
     let mut outcomes = Vec::with_capacity(args.requests);
     for task in tasks {

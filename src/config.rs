@@ -134,6 +134,8 @@ pub struct IngestConfig {
 pub struct WorkerConfig {
     /// Events claimed and applied in one transaction.
     pub batch_size: u32,
+    /// Batches applied at once by one process, each on a connection of its own.
+    pub concurrency: u32,
     /// How long a claim lasts; events of a worker that died are claimed again after it.
     pub lease_secs: u64,
     /// Polling interval when no notification arrives.
@@ -217,6 +219,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             batch_size: 500,
+            concurrency: 2,
             lease_secs: 60,
             poll_interval_ms: 1_000,
             max_attempts: 10,
@@ -312,7 +315,7 @@ impl Config {
                 "is empty (set WORKOS_WEBHOOK_SECRET to the endpoint secret from the WorkOS dashboard)",
             );
         }
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 13] = [
             (
                 "server.body_limit_bytes",
                 self.server.body_limit_bytes as u64,
@@ -326,6 +329,7 @@ impl Config {
             ("ingest.max_batch", self.ingest.max_batch as u64),
             ("ingest.queue_capacity", self.ingest.queue_capacity as u64),
             ("worker.batch_size", self.worker.batch_size.into()),
+            ("worker.concurrency", self.worker.concurrency.into()),
             ("worker.lease_secs", self.worker.lease_secs),
             ("worker.poll_interval_ms", self.worker.poll_interval_ms),
             ("worker.max_attempts", self.worker.max_attempts.into()),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -103,25 +104,53 @@ impl Worker {
         }
     }
 
-    /// Runs until `shutdown`: claims while there is work, otherwise waits for a notification
-    /// or the polling interval. A database outage is logged and waited out.
+    /// Runs until `shutdown`: `worker.concurrency` loops claim while there is work, otherwise
+    /// wait for a notification or the polling interval. A database outage is logged and waited
+    /// out. Returns when every loop has stopped (see the module doc for the two phases).
     pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(
+            handlers = self.handlers.len(),
+            concurrency = self.config.concurrency,
+            "worker started"
+        );
+        let wake = Arc::new(Notify::new());
+        let listening = tokio::spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
+        let loops: Vec<_> = (0..self.config.concurrency.max(1))
+            .map(|index| {
+                tokio::spawn(
+                    self.clone()
+                        .drain(index == 0, wake.clone(), shutdown.clone()),
+                )
+            })
+            .collect();
+        for drain in loops {
+            let _ = drain.await;
+        }
+        listening.abort();
+        tracing::info!("worker stopped");
+    }
+
+    /// One claim loop. Several run side by side: each has a database connection of its own,
+    /// so one loop claims and writes while the other's batch is in Postgres. The first one
+    /// also deletes expired rows.
+    async fn drain(self, sweeps: bool, wake: Arc<Notify>, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         let retention_interval = Duration::from_secs(self.config.retention_interval_secs);
-        let mut listener = None;
         let mut last_sweep: Option<Instant> = None;
-        tracing::info!(handlers = self.handlers.len(), "worker started");
         while !shutdown.is_cancelled() {
-            if last_sweep.is_none_or(|at| at.elapsed() >= retention_interval) {
+            if sweeps && last_sweep.is_none_or(|at| at.elapsed() >= retention_interval) {
                 last_sweep = Some(Instant::now());
                 if let Err(error) = self.sweep().await {
                     tracing::warn!(error = %error, "deleting expired inbox rows failed");
                 }
             }
-            if listener.is_none() {
-                listener = self.listen().await;
-            }
+            // Registered before claiming, so that a notification arriving while the claim
+            // finds nothing still wakes this loop.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
             let batch = self.run_once();
             tokio::pin!(batch);
             let outcome = tokio::select! {
@@ -143,11 +172,14 @@ impl Worker {
                     true
                 }
             };
-            if idle && !shutdown.is_cancelled() {
-                self.wait(listener.as_mut(), poll, &shutdown).await;
+            if idle {
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(poll) => {}
+                    () = shutdown.cancelled() => {}
+                }
             }
         }
-        tracing::info!("worker stopped");
     }
 
     /// Deletes `done` and `ignored` rows past `worker.retention_days`, a thousand at a time so
@@ -171,48 +203,6 @@ impl Worker {
             );
         }
         Ok(deleted)
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for new deliveries; polling");
-                return None;
-            }
-        };
-        match listener.listen(INBOX_CHANNEL).await {
-            Ok(()) => Some(listener),
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for new deliveries; polling");
-                None
-            }
-        }
-    }
-
-    async fn wait(
-        &self,
-        listener: Option<&mut PgListener>,
-        poll: Duration,
-        shutdown: &CancellationToken,
-    ) {
-        let notified = async {
-            match listener {
-                Some(listener) => {
-                    if let Err(error) = listener.recv().await {
-                        // sqlx reconnects on the next call; poll meanwhile.
-                        tracing::warn!(error = %error, "lost the notification connection");
-                        tokio::time::sleep(poll).await;
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep(poll) => {}
-            () = shutdown.cancelled() => {}
-        }
     }
 
     async fn process(&self, claimed: Vec<Claimed>) -> Result<BatchReport, sqlx::Error> {
@@ -274,6 +264,7 @@ impl Worker {
         for (row, event) in events {
             let lag = (now - row.received_at).to_std().unwrap_or_default();
             self.metrics.applied(&event.event, lag);
+            tracing::debug!(event.id = %event.id, event.type = %event.event, lag_ms = lag.as_millis() as u64, "event applied");
         }
     }
 
@@ -337,6 +328,42 @@ impl Worker {
             tracing::warn!(event.id = %row.id, event.type = %row.event, attempts = row.attempts, error = %message, "event failed; will retry");
         }
         inbox::fail(&self.pool, row, &message, retry_at).await
+    }
+}
+
+/// Wakes the claim loops on every `workos_inbox` notification until `shutdown`. If the
+/// notification connection fails, the loops still poll; it is opened again after a pause.
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let pause = Duration::from_secs(1);
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for new deliveries; polling");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(INBOX_CHANNEL).await {
+            tracing::warn!(error = %error, "cannot listen for new deliveries; polling");
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                received = listener.recv() => match received {
+                    Ok(_) => wake.notify_waiters(),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "lost the notification connection; polling");
+                        // Deliveries committed while it was down are found by the next claim.
+                        wake.notify_waiters();
+                        tokio::time::sleep(pause).await;
+                        break;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            }
+        }
     }
 }
 
