@@ -127,7 +127,8 @@ impl Service {
     /// group-commit writer, which stops once the router is dropped. `/metrics` is
     /// [`Service::metrics_router`].
     pub fn router(&self) -> Router {
-        let (ingest, _writer) = Ingest::start(self.pool.clone(), &self.config);
+        let (ingest, _writer) =
+            Ingest::start(self.pool.clone(), &self.config, self.metrics.clone());
         let verifier = Verifier::new(&self.config.webhook.secrets, self.config.tolerance());
         Receiver::new(
             verifier,

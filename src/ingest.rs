@@ -12,6 +12,7 @@
 //! duplicate, which is a success.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::inbox::{self, NewDelivery};
+use crate::metrics::Metrics;
 
 /// What became of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +67,7 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer task.
-    pub fn start(pool: PgPool, config: &Config) -> (Ingest, JoinHandle<()>) {
+    pub fn start(pool: PgPool, config: &Config, metrics: Arc<Metrics>) -> (Ingest, JoinHandle<()>) {
         let (queue, jobs) = mpsc::channel(config.ingest.queue_capacity);
         let timeout = Duration::from_millis(config.database.timeout_ms);
         let writer = Writer {
@@ -73,6 +75,7 @@ impl Ingest {
             jobs,
             max_batch: config.ingest.max_batch,
             timeout,
+            metrics,
         };
         let task = tokio::spawn(writer.run());
         (Ingest { queue, timeout }, task)
@@ -101,6 +104,7 @@ struct Writer {
     jobs: mpsc::Receiver<Job>,
     max_batch: usize,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -142,7 +146,10 @@ impl Writer {
 
     async fn insert(&self, deliveries: &[NewDelivery]) -> Result<Vec<String>, InsertError> {
         match tokio::time::timeout(self.timeout, inbox::insert(&self.pool, deliveries)).await {
-            Ok(Ok(new_ids)) => Ok(new_ids),
+            Ok(Ok(new_ids)) => {
+                self.metrics.committed(deliveries.len());
+                Ok(new_ids)
+            }
             Ok(Err(error)) => Err(InsertError::classify(error)),
             Err(_) => {
                 tracing::error!(

@@ -39,6 +39,7 @@ pub struct Metrics {
     events_applied: Family<EventLabels, Counter>,
     events_failed: Family<EventLabels, Counter>,
     worker_lag_seconds: Histogram,
+    commit_rows: Histogram,
     inbox_depth: Family<StatusLabels, Gauge>,
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
 }
@@ -65,6 +66,12 @@ impl Metrics {
             "request_duration_seconds",
             "Time from a delivery's headers to its answer",
             request_seconds.clone(),
+        );
+        let commit_rows = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "ingest_commit_rows",
+            "Deliveries written per group commit",
+            commit_rows.clone(),
         );
         let events_applied = Family::<EventLabels, Counter>::default();
         registry.register(
@@ -104,6 +111,7 @@ impl Metrics {
             events_applied,
             events_failed,
             worker_lag_seconds,
+            commit_rows,
             inbox_depth,
             oldest_pending_seconds,
         })
@@ -115,6 +123,11 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.request_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how many deliveries one group commit wrote.
+    pub fn committed(&self, rows: usize) {
+        self.commit_rows.observe(rows as f64);
     }
 
     /// Counts an event the worker finished, and its lag since arrival.
