@@ -69,7 +69,7 @@ fn at(text: &str) -> DateTime<Utc> {
 // ---- Applying events ----
 
 /// Applies events as one batch in one transaction, as the worker does.
-async fn apply(pool: &PgPool, events: &[Event]) -> Result<(), HandlerError> {
+pub(crate) async fn apply(pool: &PgPool, events: &[Event]) -> Result<(), HandlerError> {
     let refs: Vec<&Event> = events.iter().collect();
     let mut tx = pool.begin().await?;
     DirectoryHandler::new().handle_batch(&mut tx, &refs).await?;
@@ -78,7 +78,7 @@ async fn apply(pool: &PgPool, events: &[Event]) -> Result<(), HandlerError> {
 }
 
 /// Applies events one per transaction, in the order given.
-async fn apply_one_by_one(pool: &PgPool, events: &[Event]) -> Result<(), HandlerError> {
+pub(crate) async fn apply_one_by_one(pool: &PgPool, events: &[Event]) -> Result<(), HandlerError> {
     for event in events {
         let mut tx = pool.begin().await?;
         DirectoryHandler::new().handle(&mut tx, event).await?;
@@ -140,7 +140,7 @@ async fn membership(pool: &PgPool, group_id: &str, user_id: &str) -> sqlx::Resul
 }
 
 /// Every row of the four tables, all columns but `synced_at`.
-async fn tables(pool: &PgPool) -> sqlx::Result<Value> {
+pub(crate) async fn tables(pool: &PgPool) -> sqlx::Result<Value> {
     sqlx::query_scalar!(
         r#"
         SELECT jsonb_build_object(
@@ -160,7 +160,7 @@ async fn tables(pool: &PgPool) -> sqlx::Result<Value> {
     .await
 }
 
-async fn truncate(pool: &PgPool) -> sqlx::Result<()> {
+pub(crate) async fn truncate(pool: &PgPool) -> sqlx::Result<()> {
     sqlx::query!(
         "TRUNCATE workos.directories, workos.directory_users, workos.directory_groups,
                   workos.directory_group_memberships"
@@ -802,7 +802,7 @@ async fn changed_rows_are_announced_once_each_on_commit(pool: PgPool) -> anyhow:
 /// One step of a generated directory history; steps that make no sense at that point (updating
 /// a user that was deleted, removing a user who is not a member) are skipped.
 #[derive(Debug, Clone)]
-enum Step {
+pub(crate) enum Step {
     /// Creates the user, or updates it (`inactive` or not).
     UpsertUser {
         user: usize,
@@ -848,19 +848,19 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// Turns steps into the event bodies WorkOS would send, in order.
-struct History {
-    bodies: Vec<Value>,
+pub(crate) struct History {
+    pub(crate) bodies: Vec<Value>,
     clock: DateTime<Utc>,
     directory_updated_at: DateTime<Utc>,
-    users: Vec<Option<Value>>,
-    users_deleted: Vec<bool>,
-    groups: Vec<Option<Value>>,
-    groups_deleted: Vec<bool>,
+    pub(crate) users: Vec<Option<Value>>,
+    pub(crate) users_deleted: Vec<bool>,
+    pub(crate) groups: Vec<Option<Value>>,
+    pub(crate) groups_deleted: Vec<bool>,
     members: std::collections::BTreeSet<(usize, usize)>,
 }
 
 impl History {
-    fn new() -> History {
+    pub(crate) fn new() -> History {
         let start = at("2024-01-01T00:00:00Z");
         History {
             bodies: Vec::new(),
@@ -892,7 +892,7 @@ impl History {
         self.bodies.push(body);
     }
 
-    fn activate(&mut self) {
+    pub(crate) fn activate(&mut self) {
         let now = self.tick();
         self.directory_updated_at = at(&now);
         let mut data = Body::example("dsync.activated").0["data"].clone();
@@ -901,7 +901,7 @@ impl History {
         self.send("dsync.activated", data, Some(&now));
     }
 
-    fn step(&mut self, step: &Step) {
+    pub(crate) fn step(&mut self, step: &Step) {
         match *step {
             Step::UpsertUser { user, inactive } if !self.users_deleted[user] => {
                 let now = self.tick();
@@ -982,7 +982,7 @@ impl History {
         }
     }
 
-    fn delete_directory(&mut self) {
+    pub(crate) fn delete_directory(&mut self) {
         let now = self.tick();
         let mut data = Body::example("dsync.deleted").0["data"].clone();
         data["updated_at"] = now.clone().into();
@@ -1043,7 +1043,7 @@ fn delivery() -> impl Strategy<Value = Delivery> {
         })
 }
 
-fn events(bodies: &[Value]) -> Vec<Event> {
+pub(crate) fn events(bodies: &[Value]) -> Vec<Event> {
     bodies
         .iter()
         .map(|body| Event::from_payload(&body.to_string()).expect("a generated event"))
