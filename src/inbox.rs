@@ -23,10 +23,16 @@ pub struct NewDelivery {
 
 /// Inserts deliveries in one statement (one commit) and returns the ids that were new; the
 /// others were already stored. A statement-level trigger wakes the workers.
-pub async fn insert(pool: &PgPool, deliveries: &[NewDelivery]) -> Result<Vec<String>, sqlx::Error> {
-    let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
-    let events: Vec<&str> = deliveries.iter().map(|d| d.event.as_str()).collect();
-    let payloads: Vec<&str> = deliveries.iter().map(|d| d.payload.as_str()).collect();
+pub async fn insert<'a>(
+    pool: &PgPool,
+    deliveries: impl IntoIterator<Item = &'a NewDelivery>,
+) -> Result<Vec<String>, sqlx::Error> {
+    let (mut ids, mut events, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
+    for delivery in deliveries {
+        ids.push(delivery.id.as_str());
+        events.push(delivery.event.as_str());
+        payloads.push(delivery.payload.as_str());
+    }
     sqlx::query_scalar!(
         r#"
         INSERT INTO workos.inbox (id, event, payload)

@@ -121,14 +121,14 @@ impl Writer {
     }
 
     async fn flush(&self, batch: &mut Vec<Job>) {
-        let deliveries: Vec<NewDelivery> = batch.iter().map(|job| job.delivery.clone()).collect();
+        let deliveries: Vec<&NewDelivery> = batch.iter().map(|job| &job.delivery).collect();
         match self.insert(&deliveries).await {
             Ok(new_ids) => answer_all(batch, &new_ids),
             // Postgres refused some row's data: the batch is all or nothing, so store each
             // delivery on its own to find the one to refuse.
             Err(InsertError::Refused(_)) if batch.len() > 1 => {
                 for job in batch.drain(..) {
-                    let reply = match self.insert(std::slice::from_ref(&job.delivery)).await {
+                    let reply = match self.insert(&[&job.delivery]).await {
                         Ok(new_ids) => Ok(stored_as(new_ids.is_empty())),
                         Err(error) => Err(error.into()),
                     };
@@ -144,8 +144,9 @@ impl Writer {
         }
     }
 
-    async fn insert(&self, deliveries: &[NewDelivery]) -> Result<Vec<String>, InsertError> {
-        match tokio::time::timeout(self.timeout, inbox::insert(&self.pool, deliveries)).await {
+    async fn insert(&self, deliveries: &[&NewDelivery]) -> Result<Vec<String>, InsertError> {
+        let insert = inbox::insert(&self.pool, deliveries.iter().copied());
+        match tokio::time::timeout(self.timeout, insert).await {
             Ok(Ok(new_ids)) => {
                 self.metrics.committed(deliveries.len());
                 Ok(new_ids)
