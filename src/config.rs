@@ -271,10 +271,12 @@ impl Config {
             figment = figment.merge(Toml::file_exact(PathBuf::from(file)));
         }
         figment
+            // Only `DSYNCD_<SECTION>__<KEY>`: other `DSYNCD_…` names are not ours (Kubernetes,
+            // for one, sets `DSYNCD_PORT` and friends for a service named dsyncd).
             .merge(
                 Env::prefixed("DSYNCD_")
-                    .split("__")
-                    .ignore(&["LISTEN", "CONFIG"]),
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
             )
             .merge(
                 Env::raw()
@@ -442,6 +444,22 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains("worker.batch_size"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn other_dsyncd_variables_are_not_configuration() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DSYNCD_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("DSYNCD_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("DSYNCD_CONFIG", "/etc/dsyncd.toml");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.server.listen.port(), 8080);
+            // A misspelt key of a real section is still an error.
+            jail.set_env("DSYNCD_WORKER__BATCH_SIZ", "1");
+            let error = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(error.contains("batch_siz"), "{error}");
             Ok(())
         });
     }
