@@ -66,6 +66,9 @@ pub fn connect(config: &Config) -> Result<PgPool, ConfigError> {
     Ok(PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(timeout)
+        // No ping before each use: it costs a round trip on every delivery's path, and a
+        // broken connection fails the statement anyway (answered 503, retried by WorkOS).
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 
