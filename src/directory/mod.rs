@@ -83,6 +83,25 @@ impl EventHandler for DirectoryHandler {
     }
 }
 
+/// Maps `events` to directory rows and reduces them as one batch would be, without a
+/// database, and checks that the batch in reverse order reduces to the same plan. The events
+/// must have distinct ids, as a batch claimed from the inbox has.
+///
+/// It exists for fuzzing (`fuzz/fuzz_targets/event_mapping.rs`) and is not a supported API.
+/// Returns the rejection of an event the handler would send to `dead`; panics if the mapping
+/// panics or depends on the order of the batch.
+#[doc(hidden)]
+pub fn plan_for_fuzzing(events: &[&Event]) -> Result<(), HandlerError> {
+    let plan = Plan::for_events(events)?;
+    let reversed: Vec<&Event> = events.iter().rev().copied().collect();
+    let plan_of_reversed = Plan::for_events(&reversed)?;
+    assert!(
+        plan == plan_of_reversed,
+        "the plan depends on the order of the batch"
+    );
+    Ok(())
+}
+
 /// Writes a plan and queues its notifications; returns how many rows changed.
 async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<usize, sqlx::Error> {
     let (directory_ids, exclusive): (Vec<String>, Vec<bool>) = plan
