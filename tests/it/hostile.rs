@@ -829,8 +829,8 @@ async fn hostile_requests_get_their_documented_status_and_store_nothing(pool: Pg
     app.stop().await;
 }
 
-/// Sends the head of a request declaring `declared` body bytes, then `dribble` one byte every
-/// 100 ms (never all of `declared`); returns the answer and how long it took from the head.
+/// Sends the head of a request declaring `declared` body bytes, then `body` one byte every
+/// 100 ms, then nothing more; returns the answer and how long it took from the head.
 async fn send_slowly(app: &TestApp, body: &[u8], declared: usize) -> (Answer, Duration) {
     let head = request(
         b"POST /webhooks/workos HTTP/1.1",
