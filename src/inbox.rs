@@ -1,7 +1,7 @@
 //! All SQL for `workos.inbox`, the table between the receiver and the worker.
 //!
 //! Life of a row: the receiver inserts it `pending`; a worker claims it (`processing`, with a
-//! lease in `available_at`), then finishes it `done` or `ignored` in the transaction that
+//! lease in `locked_until`), then finishes it `done` or `ignored` in the transaction that
 //! applied it, or puts it back `pending` with a backoff, or `dead` after the last attempt.
 //! A row whose lease ran out (its worker died) is claimable again.
 
@@ -77,7 +77,8 @@ pub async fn claim(
         r#"
         WITH picked AS (
             SELECT id FROM workos.inbox
-            WHERE status IN ('pending', 'processing') AND available_at <= now()
+            WHERE finished_at IS NULL AND available_at <= now()
+              AND (locked_until IS NULL OR locked_until <= now())
             ORDER BY available_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
@@ -85,7 +86,7 @@ pub async fn claim(
         UPDATE workos.inbox AS i
         SET status = 'processing',
             attempts = i.attempts + 1,
-            available_at = now() + make_interval(secs => $2)
+            locked_until = now() + make_interval(secs => $2)
         FROM picked
         WHERE i.id = picked.id
         RETURNING i.id, i.event, i.payload::text AS "payload!", i.received_at, i.attempts
@@ -127,7 +128,7 @@ pub async fn finish(
     let result = sqlx::query!(
         r#"
         UPDATE workos.inbox AS i
-        SET status = f.status, finished_at = now(), last_error = NULL
+        SET status = f.status, finished_at = now(), locked_until = NULL, last_error = NULL
         FROM UNNEST($1::text[], $2::int4[], $3::text[]) AS f(id, attempts, status)
         WHERE i.id = f.id AND i.attempts = f.attempts AND i.status = 'processing'
         "#,
@@ -153,6 +154,7 @@ pub async fn fail(
         UPDATE workos.inbox
         SET status = CASE WHEN $3::timestamptz IS NULL THEN 'dead' ELSE 'pending' END,
             available_at = COALESCE($3, available_at),
+            locked_until = NULL,
             finished_at = CASE WHEN $3 IS NULL THEN now() END,
             last_error = $4
         WHERE id = $1 AND attempts = $2 AND status = 'processing'
@@ -180,18 +182,19 @@ pub struct Backlog {
     pub oldest_pending_seconds: f64,
 }
 
-/// Counts the rows that are not finished (cheap: partial indexes cover them).
+/// Counts the rows that are not finished, and the dead ones (cheap: partial indexes cover
+/// them).
 pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
     let row = sqlx::query!(
         r#"
         SELECT
             count(*) FILTER (WHERE status = 'pending') AS "pending!",
             count(*) FILTER (WHERE status = 'processing') AS "processing!",
-            count(*) FILTER (WHERE status = 'dead') AS "dead!",
-            COALESCE(extract(epoch FROM now() - min(received_at)
-                FILTER (WHERE status IN ('pending', 'processing'))), 0)::float8 AS "oldest!"
+            (SELECT count(*) FROM workos.inbox
+             WHERE last_error IS NOT NULL AND status = 'dead') AS "dead!",
+            COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8 AS "oldest!"
         FROM workos.inbox
-        WHERE status IN ('pending', 'processing', 'dead')
+        WHERE finished_at IS NULL
         "#
     )
     .fetch_one(pool)
@@ -276,8 +279,10 @@ pub struct Row {
     pub summary: Summary,
     /// The body as received.
     pub payload: String,
-    /// When the row may next be claimed (or the lease ends).
+    /// When the row may next be claimed (a retry's backoff).
     pub available_at: DateTime<Utc>,
+    /// While processing: when the worker's lease ends.
+    pub locked_until: Option<DateTime<Utc>>,
     /// When it reached done, ignored or dead.
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -287,7 +292,7 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
         SELECT id, event, status, attempts, received_at, last_error,
-               payload::text AS "payload!", available_at, finished_at
+               payload::text AS "payload!", available_at, locked_until, finished_at
         FROM workos.inbox WHERE id = $1
         "#,
         id
@@ -305,6 +310,7 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
         },
         payload: row.payload,
         available_at: row.available_at,
+        locked_until: row.locked_until,
         finished_at: row.finished_at,
     }))
 }
@@ -341,7 +347,7 @@ pub async fn requeue(pool: &PgPool, selection: &Selection) -> Result<u64, sqlx::
         r#"
         WITH requeued AS (
             UPDATE workos.inbox
-            SET status = 'pending', attempts = 0, available_at = now(),
+            SET status = 'pending', attempts = 0, available_at = now(), locked_until = NULL,
                 finished_at = NULL, last_error = NULL
             WHERE status = ANY($1::text[])
               AND (cardinality($2::text[]) = 0 OR id = ANY($2))

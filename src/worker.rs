@@ -80,13 +80,16 @@ impl Worker {
 
     /// Claims and applies one batch.
     pub async fn run_once(&self) -> Result<BatchReport, sqlx::Error> {
-        let lease = Duration::from_secs(self.config.lease_secs);
-        let claimed = inbox::claim(&self.pool, self.config.batch_size.into(), lease).await?;
+        let claimed = self.claim().await?;
         if claimed.is_empty() {
             return Ok(BatchReport::default());
         }
-        let span = tracing::info_span!("batch", events = claimed.len());
-        self.process(claimed).instrument(span).await
+        self.process(claimed).await
+    }
+
+    async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
+        let lease = Duration::from_secs(self.config.lease_secs);
+        inbox::claim(&self.pool, self.config.batch_size.into(), lease).await
     }
 
     /// Applies batches until none is available (events waiting for a retry stay). For tests
@@ -145,13 +148,33 @@ impl Worker {
                     tracing::warn!(error = %error, "deleting expired inbox rows failed");
                 }
             }
+            if shutdown.is_cancelled() {
+                break;
+            }
             // Registered before claiming, so that a notification arriving while the claim
             // finds nothing still wakes this loop.
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let batch = self.run_once();
+            // A claim is not raced against shutdown: what it claims is this loop's to finish,
+            // and a claim dropped half-way would leave rows to wait for their lease.
+            let claimed = match self.claim().await {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::error!(error = %error, "claiming from the inbox failed");
+                    Vec::new()
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(poll) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            let batch = self.process(claimed);
             tokio::pin!(batch);
             let outcome = tokio::select! {
                 outcome = &mut batch => outcome,
@@ -165,19 +188,8 @@ impl Worker {
                     }
                 },
             };
-            let idle = match outcome {
-                Ok(report) => report.claimed == 0,
-                Err(error) => {
-                    tracing::error!(error = %error, "claiming from the inbox failed");
-                    true
-                }
-            };
-            if idle {
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(poll) => {}
-                    () = shutdown.cancelled() => {}
-                }
+            if let Err(error) = outcome {
+                tracing::error!(error = %error, "recording the outcome of a batch failed");
             }
         }
     }
@@ -206,6 +218,11 @@ impl Worker {
     }
 
     async fn process(&self, claimed: Vec<Claimed>) -> Result<BatchReport, sqlx::Error> {
+        let span = tracing::info_span!("batch", events = claimed.len());
+        self.process_in_span(claimed).instrument(span).await
+    }
+
+    async fn process_in_span(&self, claimed: Vec<Claimed>) -> Result<BatchReport, sqlx::Error> {
         let mut report = BatchReport {
             claimed: claimed.len(),
             ..BatchReport::default()

@@ -177,7 +177,7 @@ async fn a_dead_workers_claim_is_taken_over_when_its_lease_ends(pool: PgPool) {
     assert_eq!(worker.run_until_empty().await.unwrap().claimed, 0);
 
     // Its lease ends (moved into the past rather than waited for).
-    sqlx::query("UPDATE workos.inbox SET available_at = now() - interval '1 second'")
+    sqlx::query("UPDATE workos.inbox SET locked_until = now() - interval '1 second'")
         .execute(&pool)
         .await
         .unwrap();
@@ -308,7 +308,12 @@ async fn shutdown_stops_claiming_and_lets_the_batch_in_flight_finish(pool: PgPoo
         entered: entered_tx,
         release: tokio::sync::Mutex::new(release_rx),
     };
-    let worker = Worker::new(pool.clone(), config()).with_handler(gate);
+    // One claim loop, so that the only loop there is holds e1 when shutdown starts.
+    let config = WorkerConfig {
+        concurrency: 1,
+        ..config()
+    };
+    let worker = Worker::new(pool.clone(), config).with_handler(gate);
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
     entered.recv().await.unwrap();

@@ -108,6 +108,8 @@ pub async fn run(config: &Config, command: InboxCommand) -> anyhow::Result<()> {
             println!("attempts:     {}", summary.attempts);
             println!("received_at:  {}", summary.received_at.to_rfc3339());
             println!("available_at: {}", row.available_at.to_rfc3339());
+            let lease = row.locked_until.map(|t| t.to_rfc3339()).unwrap_or_default();
+            println!("locked_until: {lease}");
             let finished = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
             println!("finished_at:  {finished}");
             println!(
