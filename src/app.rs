@@ -15,7 +15,6 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{Config, ConfigError};
@@ -215,7 +214,17 @@ impl Service {
             shutdown.cancelled().await;
             stopping.graceful_shutdown(Some(grace));
         });
-        let server = axum_server::from_tcp(listener.into_std()?)?.handle(handle);
+        // The request timeout starts once the headers are in. The idle timeout bounds the wait
+        // for them, so that slow or idle clients cannot hold connections: on a new connection
+        // until its first request, and for the headers of every request after it.
+        let idle_timeout = Duration::from_millis(self.config.server.idle_timeout_ms);
+        let mut server = axum_server::from_tcp(listener.into_std()?)?
+            .handle(handle)
+            .first_request_timeout(idle_timeout);
+        server
+            .http_builder()
+            .http1()
+            .header_read_timeout(idle_timeout);
         let service = router.into_make_service();
         let task = match &self.config.server.tls {
             Some(tls) => {
@@ -238,10 +247,10 @@ impl Service {
     fn layers(&self, router: Router) -> Router {
         let timeout = Duration::from_millis(self.config.server.request_timeout_ms);
         router
-            .layer(TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                timeout,
-            ))
+            .fallback(crate::receiver::not_found)
+            .layer(axum::middleware::from_fn(move |request, next| {
+                crate::receiver::with_timeout(timeout, request, next)
+            }))
             .layer(TraceLayer::new_for_http())
     }
 

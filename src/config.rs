@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// A request (body included) taking longer than this gets 408, so slow clients cannot
     /// hold connections.
     pub request_timeout_ms: u64,
+    /// How long a connection may wait for a request's headers: idle kept-alive connections
+    /// and clients that send headers slowly are closed after it.
+    pub idle_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
     /// Serve `GET /metrics` on this address instead of the main one.
@@ -180,6 +183,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             body_limit_bytes: 1024 * 1024,
             request_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
             shutdown_grace_ms: 10_000,
             metrics_listen: None,
             tls: None,
@@ -317,12 +321,13 @@ impl Config {
                 "is empty (set WORKOS_WEBHOOK_SECRET to the endpoint secret from the WorkOS dashboard)",
             );
         }
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 14] = [
             (
                 "server.body_limit_bytes",
                 self.server.body_limit_bytes as u64,
             ),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
             (
                 "database.max_connections",
                 self.database.max_connections.into(),

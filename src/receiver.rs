@@ -69,7 +69,7 @@ impl Receiver {
     pub fn router(self) -> Router {
         let health = Self::health_router(self.inner.pool.clone());
         Router::new()
-            .route(WEBHOOK_PATH, post(receive))
+            .route(WEBHOOK_PATH, post(receive).fallback(method_not_allowed))
             .with_state(self)
             .merge(health)
     }
@@ -181,6 +181,33 @@ pub enum ApiError {
     TooLarge(usize),
     /// 503 (or 400 when Postgres refuses the event's data).
     Storage(IngestError),
+    /// 408: the request (its body included) took longer than `server.request_timeout_ms`.
+    Timeout,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists, not with this method.
+    MethodNotAllowed,
+}
+
+/// Answers 408 (with the usual JSON body) when a request takes longer than `timeout`.
+pub async fn with_timeout(
+    timeout: Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+/// The JSON 404 for paths that are not routes.
+pub async fn not_found() -> Response {
+    ApiError::NotFound.into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::MethodNotAllowed.into_response()
 }
 
 impl From<SignatureError> for ApiError {
@@ -230,6 +257,21 @@ impl ApiError {
                 "unavailable",
                 format!("{error}; the delivery was not stored, retry later"),
             ),
+            ApiError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request took too long; the delivery was not stored".to_owned(),
+            ),
+            ApiError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such endpoint; WorkOS posts to {WEBHOOK_PATH}"),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{WEBHOOK_PATH} takes POST"),
+            ),
         }
     }
 }
@@ -237,10 +279,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error, message) = self.parts();
-        if status.is_server_error() {
-            tracing::error!(http.status = status.as_u16(), error, "delivery not stored");
-        } else {
-            tracing::warn!(http.status = status.as_u16(), error, "delivery rejected");
+        match self {
+            ApiError::NotFound | ApiError::MethodNotAllowed => {
+                tracing::debug!(http.status = status.as_u16(), error, "not a route")
+            }
+            _ if status.is_server_error() => {
+                tracing::error!(http.status = status.as_u16(), error, "delivery not stored")
+            }
+            _ => tracing::warn!(http.status = status.as_u16(), error, "delivery rejected"),
         }
         (status, Json(json!({ "error": error, "message": message }))).into_response()
     }

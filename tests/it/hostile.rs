@@ -4,9 +4,9 @@
 //! afterwards.
 //!
 //! Requests are written as raw bytes on a `TcpStream`, so that every byte is the test's choice.
-//! Statuses with a JSON body come from dsyncd (`receiver::ApiError`); the others come from the
-//! HTTP layer (hyper's 400 and 431 for unparsable requests, axum's 404 and 405, and the 408 of
-//! the request timeout), which answers with an empty body.
+//! Statuses with a JSON body come from dsyncd (`receiver::ApiError`, 404, 405 and 408 included);
+//! the others come from the HTTP layer (hyper's 400 and 431 for requests it cannot parse), which
+//! answers with an empty body.
 
 use std::time::{Duration, Instant};
 
@@ -229,6 +229,7 @@ async fn spawn(pool: PgPool, request_timeout_ms: u64) -> TestApp {
     let mut config = TestApp::config();
     config.server.body_limit_bytes = BODY_LIMIT;
     config.server.request_timeout_ms = request_timeout_ms;
+    config.server.idle_timeout_ms = request_timeout_ms;
     TestApp::spawn_with(pool, config, Role::Receiver).await
 }
 
@@ -784,7 +785,7 @@ fn cases() -> Vec<Case> {
             "GET on the webhook",
             request(b"GET /webhooks/workos HTTP/1.1", &[signature(&valid)], b""),
             405,
-            None,
+            Some("method_not_allowed"),
         ),
         case(
             "POST to another path",
@@ -797,7 +798,7 @@ fn cases() -> Vec<Case> {
                 &event,
             ),
             404,
-            None,
+            Some("not_found"),
         ),
     ]
 }
@@ -865,6 +866,52 @@ async fn send_slowly(app: &TestApp, body: &[u8], declared: usize) -> (Answer, Du
 }
 
 #[sqlx::test]
+async fn slow_or_idle_headers_do_not_hold_a_connection(pool: PgPool) {
+    let app = spawn(pool.clone(), 500).await;
+    // Half a request line, then nothing: the connection is closed once the idle timeout (set
+    // to 500 ms here) has passed, with or without an answer.
+    for (name, bytes) in [
+        ("half a request line", &b"POST /webhooks/wor"[..]),
+        (
+            "headers that never end",
+            &b"POST /webhooks/workos HTTP/1.1\r\nhost: x\r\n"[..],
+        ),
+        ("an idle connection", &b""[..]),
+    ] {
+        let mut stream = TcpStream::connect(socket_address(&app)).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "{name}: still open after 5 s");
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{name}: closed too early"
+        );
+    }
+    // A kept-alive connection that goes idle after a request is closed too.
+    let mut stream = TcpStream::connect(socket_address(&app)).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "an idle kept-alive connection: still open after 5 s"
+    );
+
+    assert_eq!(
+        app.deliver(&user_created("event_after")).await.status(),
+        200
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
 async fn slow_and_short_bodies_are_cut_off_by_the_request_timeout(pool: PgPool) {
     let app = spawn(pool.clone(), 500).await;
     let timeout = Duration::from_millis(500);
@@ -877,7 +924,7 @@ async fn slow_and_short_bodies_are_cut_off_by_the_request_timeout(pool: PgPool) 
         ("a Content-Length longer than the body", &event[..3], 3 + 1),
     ] {
         let (answer, elapsed) = send_slowly(&app, body, declared).await;
-        assert_eq!(answer.status, 408, "{name}: {answer:?}");
+        check(&case(name, Vec::new(), 408, Some("timeout")), &answer);
         assert!(
             elapsed >= timeout && elapsed < timeout * 4,
             "{name}: the 408 came after {elapsed:?}"
