@@ -46,6 +46,11 @@ impl DirectoryHandler {
     pub fn new() -> Self {
         DirectoryHandler
     }
+
+    /// The event types it applies.
+    pub fn event_types() -> impl Iterator<Item = &'static str> {
+        EventKind::ALL.into_iter().map(EventKind::event_type)
+    }
 }
 
 #[async_trait::async_trait]
