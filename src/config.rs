@@ -64,6 +64,22 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The async runtime.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads running the service's tasks.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { worker_threads: 1 }
+    }
 }
 
 /// `[server]`
@@ -321,7 +337,7 @@ impl Config {
                 "is empty (set WORKOS_WEBHOOK_SECRET to the endpoint secret from the WorkOS dashboard)",
             );
         }
-        let positive: [(&'static str, u64); 14] = [
+        let positive: [(&'static str, u64); 15] = [
             (
                 "server.body_limit_bytes",
                 self.server.body_limit_bytes as u64,
@@ -341,6 +357,7 @@ impl Config {
             ("worker.poll_interval_ms", self.worker.poll_interval_ms),
             ("worker.max_attempts", self.worker.max_attempts.into()),
             ("worker.retention_days", self.worker.retention_days.into()),
+            ("runtime.worker_threads", self.runtime.worker_threads as u64),
             (
                 "worker.retention_interval_secs",
                 self.worker.retention_interval_secs,

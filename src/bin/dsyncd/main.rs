@@ -57,12 +57,19 @@ enum ConfigCommand {
     Check,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     dsyncd::telemetry::init(&config.log);
-    match cli.command {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.worker_threads.max(1))
+        .enable_all()
+        .build()?
+        .block_on(run(cli.command, config))
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
         Command::Serve { role } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
