@@ -265,6 +265,14 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|o| (200..300).contains(&o.0))
         .count();
+    if let Some(path) = &args.acknowledged_file {
+        let ids: String = outcomes
+            .iter()
+            .filter(|o| (200..300).contains(&o.0))
+            .map(|o| format!("event_{}_{:08}\n", args.id_prefix, o.3))
+            .collect();
+        std::fs::write(path, ids)?;
+    }
     let errors = outcomes.iter().filter(|o| o.0 == 0).count();
     let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.1).collect();
     latencies.sort();

@@ -121,7 +121,10 @@ impl Writer {
     }
 
     async fn flush(&self, batch: &mut Vec<Job>) {
-        let deliveries: Vec<&NewDelivery> = batch.iter().map(|job| &job.delivery).collect();
+        // In id order: two receivers inserting the same ids (a retry reaching another replica)
+        // then take their row locks in the same order, and cannot deadlock.
+        let mut deliveries: Vec<&NewDelivery> = batch.iter().map(|job| &job.delivery).collect();
+        deliveries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         match self.insert(&deliveries).await {
             Ok(new_ids) => answer_all(batch, &new_ids),
             // Postgres refused some row's data: the batch is all or nothing, so store each

@@ -164,7 +164,7 @@ async fn readyz(State(pool): State<PgPool>) -> Response {
     let ping = sqlx::query("SELECT 1").execute(&pool);
     match tokio::time::timeout(READY_TIMEOUT, ping).await {
         Ok(Ok(_)) => Json(json!({ "status": "ready" })).into_response(),
-        _ => ApiError::Storage(IngestError::Unavailable).into_response(),
+        _ => ApiError::NotReady.into_response(),
     }
 }
 
@@ -183,6 +183,8 @@ pub enum ApiError {
     Storage(IngestError),
     /// 408: the request (its body included) took longer than `server.request_timeout_ms`.
     Timeout,
+    /// 503 from `/readyz`: the database does not answer.
+    NotReady,
     /// 404: no such route.
     NotFound,
     /// 405: the route exists, not with this method.
@@ -257,6 +259,11 @@ impl ApiError {
                 "unavailable",
                 format!("{error}; the delivery was not stored, retry later"),
             ),
+            ApiError::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the database does not answer".to_owned(),
+            ),
             ApiError::Timeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 "timeout",
@@ -283,6 +290,8 @@ impl IntoResponse for ApiError {
             ApiError::NotFound | ApiError::MethodNotAllowed => {
                 tracing::debug!(http.status = status.as_u16(), error, "not a route")
             }
+            // Polled every few seconds; the failing pool already logs why.
+            ApiError::NotReady => tracing::debug!(error, "not ready"),
             _ if status.is_server_error() => {
                 tracing::error!(http.status = status.as_u16(), error, "delivery not stored")
             }
