@@ -140,24 +140,23 @@ fresh_database() {
 unfinished() { sql "SELECT count(*) FROM workos.inbox WHERE status IN ('pending', 'processing')"; }
 drained() { [ "$(unfinished)" = 0 ]; }
 
-# acknowledged_ids LOADGEN_JSON ACKED_FILE PREFIX OUT: the event ids answered 2xx, one a line,
-# in OUT. From the load generator's --acknowledged-file when it wrote one; else, when every
-# request was answered 2xx, all of them (then ok = requests names them exactly).
+# acknowledged_ids LOADGEN_JSON ACKED_FILE PREFIX OUT: checks that the load generator saw every
+# delivery answered 2xx within its retry window, and writes the event ids answered 2xx, one a
+# line, to OUT: from its --acknowledged-file, or (a load generator that does not write one) all
+# of them when every delivery was acknowledged. Fails if there is no such list.
 acknowledged_ids() {
   local report=$1 acked=$2 prefix=$3 out=$4
+  local ok requests
+  read -r ok requests < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["ok"], r["requests"])' "$report")
+  check "every delivery acknowledged within the retry window" "$ok of $requests" [ "$ok" = "$requests" ]
   if [ -s "$acked" ]; then
     sort -u "$acked" > "$out"
-    return 0
+  elif [ "$ok" = "$requests" ]; then
+    python3 -c 'import sys; sys.stdout.writelines(f"event_{sys.argv[1]}_{n:08}\n" for n in range(int(sys.argv[2])))' \
+      "$prefix" "$requests" > "$out"
+  else
+    return 1
   fi
-  python3 - "$report" "$prefix" "$out" <<'PY'
-import json, sys
-report = json.load(open(sys.argv[1]))
-if report["ok"] != report["requests"]:
-    sys.exit(f"{report['requests'] - report['ok']} deliveries never answered 2xx, and no acknowledged file to name the others")
-with open(sys.argv[3], "w") as out:
-    for n in range(report["requests"]):
-        out.write(f"event_{sys.argv[2]}_{n:08}\n")
-PY
 }
 
 # verify_acknowledged FILE [exact]: checks that every event id in FILE is stored `done` and its
