@@ -80,7 +80,8 @@ track() { started_pids+=("$1"); }
 
 # A free loopback port (the kernel's pick; released before use, which is racy only in theory).
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
 }
 
 # start_dsyncd NAME PORT ROLE [VAR=VALUE...]: starts `dsyncd serve`, sets $last_pid. Logs
@@ -126,13 +127,16 @@ run_tests() {
 
 # ---- The database ----
 
-sql() { PGOPTIONS="-c client_min_messages=warning" timeout 60 psql -X -tAq -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$1"; }
+# psql, quiet (no notices), failing on the first error, bounded in time.
+psql_() {
+  PGOPTIONS="-c client_min_messages=warning" timeout 60 psql -X -q -v ON_ERROR_STOP=1 "$@"
+}
+sql() { psql_ -tA "$DATABASE_URL" -c "$1"; }
 
 # fresh_database NAME: a new database in the suite's server, migrated; DATABASE_URL points at it.
 fresh_database() {
   local server="${DATABASE_URL%/*}"
-  PGOPTIONS="-c client_min_messages=warning" timeout 60 psql -X -q -v ON_ERROR_STOP=1 "$server/postgres" \
-    -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1"
+  psql_ "$server/postgres" -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1"
   export DATABASE_URL="$server/$1"
   timeout 60 "$bin" migrate >> "$work/migrate.log" 2>&1
 }
@@ -147,13 +151,18 @@ drained() { [ "$(unfinished)" = 0 ]; }
 acknowledged_ids() {
   local report=$1 acked=$2 prefix=$3 out=$4
   local ok requests
-  read -r ok requests < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["ok"], r["requests"])' "$report")
-  check "every delivery acknowledged within the retry window" "$ok of $requests" [ "$ok" = "$requests" ]
+  read -r ok requests < <(python3 -c 'import json, sys
+report = json.load(open(sys.argv[1]))
+print(report["ok"], report["requests"])' "$report")
+  check "every delivery acknowledged within the retry window" "$ok of $requests" \
+    [ "$ok" = "$requests" ]
   if [ -s "$acked" ]; then
     sort -u "$acked" > "$out"
   elif [ "$ok" = "$requests" ]; then
-    python3 -c 'import sys; sys.stdout.writelines(f"event_{sys.argv[1]}_{n:08}\n" for n in range(int(sys.argv[2])))' \
-      "$prefix" "$requests" > "$out"
+    python3 -c 'import sys
+prefix, requests = sys.argv[1], int(sys.argv[2])
+sys.stdout.writelines(f"event_{prefix}_{n:08}\n" for n in range(requests))' "$prefix" "$requests" \
+      > "$out"
   else
     return 1
   fi
@@ -167,8 +176,9 @@ verify_acknowledged() {
   local file=$1 exact=${2:-}
   local acked
   acked=$(wc -l < "$file")
-  sql "DROP TABLE IF EXISTS public.acknowledged; CREATE TABLE public.acknowledged (id text PRIMARY KEY)"
-  timeout 60 psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "\\copy public.acknowledged FROM '$file'"
+  sql "DROP TABLE IF EXISTS public.acknowledged;
+       CREATE TABLE public.acknowledged (id text PRIMARY KEY)"
+  psql_ "$DATABASE_URL" -c "\\copy public.acknowledged FROM '$file'"
   local not_done not_applied dead users stored
   not_done=$(sql "SELECT count(*) FROM public.acknowledged a LEFT JOIN workos.inbox i USING (id)
                   WHERE i.status IS DISTINCT FROM 'done'")
@@ -180,7 +190,8 @@ verify_acknowledged() {
   stored=$(sql "SELECT count(*) FROM workos.inbox")
   figure acknowledged "$acked"
   figure stored "$stored"
-  check "every acknowledged event is stored and done" "$not_done of $acked not done" [ "$not_done" = 0 ]
+  check "every acknowledged event is stored and done" "$not_done of $acked not done" \
+    [ "$not_done" = 0 ]
   check "every acknowledged user is applied" "$not_applied of $acked missing" [ "$not_applied" = 0 ]
   check "no event is dead" "$dead dead" [ "$dead" = 0 ]
   check "one user row per stored event" "$users user rows, $stored events" [ "$users" = "$stored" ]

@@ -31,7 +31,8 @@ import sys
 import threading
 import time
 
-SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "samples", "dsync.user.created.json")
+SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "samples",
+                      "dsync.user.created.json")
 
 
 def sign(secret, body):
@@ -182,7 +183,8 @@ def report(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     w = commands.add_parser("watch")
     w.add_argument("--base", required=True)
@@ -193,11 +195,13 @@ def main():
     w.add_argument("--max-secs", type=float, default=300)
     w.add_argument("--ready-interval", type=float, default=0.1)
     w.add_argument("--deliver-interval", type=float, default=0.05)
-    w.add_argument("--timeout", type=float, default=10.0, help="a request unanswered this long counts as status 0")
+    w.add_argument("--timeout", type=float, default=10.0,
+                   help="a request unanswered this long counts as status 0")
     r = commands.add_parser("report")
     r.add_argument("--probe", required=True)
     r.add_argument("--marks", required=True)
-    r.add_argument("--acknowledged", required=True, help="where to write the event ids answered 2xx")
+    r.add_argument("--acknowledged", required=True,
+                   help="where to write the event ids answered 2xx")
     args = parser.parse_args()
     {"watch": watch, "report": report}[args.command](args)
 

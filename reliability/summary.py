@@ -22,7 +22,8 @@ def main(path):
         elif kind == "figure":
             figures.setdefault(name, []).append((fields[2], fields[3]))
         elif kind == "check":
-            checks.setdefault(name, []).append((fields[2], fields[3], fields[4] if len(fields) > 4 else ""))
+            detail = fields[4] if len(fields) > 4 else ""
+            checks.setdefault(name, []).append((fields[2], fields[3], detail))
 
     mode = "quick" if os.environ.get("RELIABILITY_QUICK") == "1" else "full"
     print()
