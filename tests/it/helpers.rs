@@ -73,6 +73,15 @@ impl TestApp {
         request.send().await.expect("the service answers")
     }
 
+    /// `GET path` on the service.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("the service answers")
+    }
+
     /// Posts `body` signed now with the test secret.
     pub async fn deliver(&self, body: &str) -> reqwest::Response {
         self.post(body.to_owned(), Some(&sign_now(body))).await

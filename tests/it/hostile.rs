@@ -816,12 +816,7 @@ async fn hostile_requests_get_their_documented_status_and_store_nothing(pool: Pg
 
     // The service is unharmed.
     for path in ["/healthz", "/readyz"] {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(path).await;
         assert_eq!(response.status(), 200, "{path}");
     }
     let body = user_created("event_after_the_hostile_ones");

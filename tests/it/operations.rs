@@ -199,15 +199,7 @@ async fn metrics_count_deliveries_and_show_the_backlog(pool: PgPool) {
     app.deliver(&body).await;
     app.post(body.clone(), None).await;
     app.post(body, Some("t=1, v1=00")).await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get("/metrics").await.text().await.unwrap();
     for line in [
         "dsyncd_deliveries_total{outcome=\"accepted\"} 1",
         "dsyncd_deliveries_total{outcome=\"duplicate\"} 1",
@@ -303,12 +295,7 @@ async fn metrics_can_move_to_an_admin_port(pool: PgPool) {
     let mut config = TestApp::config();
     config.server.metrics_listen = Some(admin_address);
     let app = TestApp::spawn_with(pool, config, Role::All).await;
-    let main = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap();
+    let main = app.get("/metrics").await;
     assert_eq!(main.status(), 404);
     let text = app
         .client

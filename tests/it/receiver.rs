@@ -268,19 +268,9 @@ async fn an_unreachable_database_is_a_quick_503_and_not_ready() {
     );
     assert_eq!(error_of(response).await, (503, "unavailable".to_owned()));
 
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
     app.stop().await;
 }
@@ -289,12 +279,7 @@ async fn an_unreachable_database_is_a_quick_503_and_not_ready() {
 async fn ready_while_the_database_answers(pool: PgPool) {
     let app = TestApp::receiver(pool).await;
     for path in ["/healthz", "/readyz"] {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(path).await;
         assert_eq!(response.status(), 200, "{path}");
     }
     app.stop().await;
@@ -303,12 +288,7 @@ async fn ready_while_the_database_answers(pool: PgPool) {
 #[sqlx::test]
 async fn a_worker_only_process_serves_health_but_not_the_webhook(pool: PgPool) {
     let app = TestApp::spawn_with(pool, TestApp::config(), Role::Worker).await;
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
     assert_eq!(
         app.deliver(&fixture("dsync.user.created.json"))

@@ -257,15 +257,7 @@ async fn a_delivery_wakes_a_waiting_worker_without_polling(pool: PgPool) {
         .await
         .unwrap();
     // Let the worker reach its idle wait first: its first pass finds the inbox empty.
-    assert_eq!(
-        app.client
-            .get(format!("{}/readyz", app.address))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get("/readyz").await.status(), 200);
 
     assert_eq!(app.deliver(&user_created("event_wake")).await.status(), 200);
     let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
