@@ -26,7 +26,9 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::directory::{apply, apply_one_by_one, events, tables, truncate, History, Step};
+use crate::directory::{
+    apply, apply_one_by_one, events, steps, tables, truncate, History, Step, StepWeights,
+};
 
 const USERS: usize = 300;
 const GROUPS: usize = 30;
@@ -34,17 +36,19 @@ const GROUPS: usize = 30;
 /// A step of a long history. Unlike the short histories of `directory.rs`, deletions are rare,
 /// so that most objects live through many versions before some of them go.
 fn step() -> impl Strategy<Value = Step> {
-    prop_oneof![
-        300 => (0..USERS, prop::bool::weighted(0.2))
-            .prop_map(|(user, inactive)| Step::UpsertUser { user, inactive }),
-        8 => (0..USERS).prop_map(|user| Step::DeleteUser { user }),
-        80 => (0..GROUPS).prop_map(|group| Step::UpsertGroup { group }),
-        2 => (0..GROUPS).prop_map(|group| Step::DeleteGroup { group }),
-        560 => (0..GROUPS, 0..USERS, prop::bool::weighted(0.2))
-            .prop_map(|(group, user, legacy)| Step::ToggleMembership { group, user, legacy }),
-        20 => Just(Step::UpdateDirectory),
-        20 => Just(Step::DeactivateDirectory),
-    ]
+    steps(
+        USERS,
+        GROUPS,
+        StepWeights {
+            upsert_user: 300,
+            delete_user: 8,
+            upsert_group: 80,
+            delete_group: 2,
+            toggle_membership: 560,
+            update_directory: 20,
+            deactivate_directory: 20,
+        },
+    )
 }
 
 /// A history and one way of delivering it.

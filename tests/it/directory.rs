@@ -833,18 +833,46 @@ pub(crate) enum Step {
 const USERS: usize = 2;
 const GROUPS: usize = 2;
 
-fn step() -> impl Strategy<Value = Step> {
+/// How often each kind of step comes, relative to the others.
+pub(crate) struct StepWeights {
+    pub(crate) upsert_user: u32,
+    pub(crate) delete_user: u32,
+    pub(crate) upsert_group: u32,
+    pub(crate) delete_group: u32,
+    pub(crate) toggle_membership: u32,
+    pub(crate) update_directory: u32,
+    pub(crate) deactivate_directory: u32,
+}
+
+/// Steps over `users` users and `groups` groups, in the proportions of `weights`.
+pub(crate) fn steps(users: usize, groups: usize, w: StepWeights) -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (0..USERS, prop::bool::weighted(0.2))
+        w.upsert_user => (0..users, prop::bool::weighted(0.2))
             .prop_map(|(user, inactive)| Step::UpsertUser { user, inactive }),
-        1 => (0..USERS).prop_map(|user| Step::DeleteUser { user }),
-        2 => (0..GROUPS).prop_map(|group| Step::UpsertGroup { group }),
-        1 => (0..GROUPS).prop_map(|group| Step::DeleteGroup { group }),
-        5 => (0..GROUPS, 0..USERS, prop::bool::weighted(0.2))
+        w.delete_user => (0..users).prop_map(|user| Step::DeleteUser { user }),
+        w.upsert_group => (0..groups).prop_map(|group| Step::UpsertGroup { group }),
+        w.delete_group => (0..groups).prop_map(|group| Step::DeleteGroup { group }),
+        w.toggle_membership => (0..groups, 0..users, prop::bool::weighted(0.2))
             .prop_map(|(group, user, legacy)| Step::ToggleMembership { group, user, legacy }),
-        1 => Just(Step::UpdateDirectory),
-        1 => Just(Step::DeactivateDirectory),
+        w.update_directory => Just(Step::UpdateDirectory),
+        w.deactivate_directory => Just(Step::DeactivateDirectory),
     ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    steps(
+        USERS,
+        GROUPS,
+        StepWeights {
+            upsert_user: 3,
+            delete_user: 1,
+            upsert_group: 2,
+            delete_group: 1,
+            toggle_membership: 5,
+            update_directory: 1,
+            deactivate_directory: 1,
+        },
+    )
 }
 
 /// Turns steps into the event bodies WorkOS would send, in order.
