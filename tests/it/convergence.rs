@@ -85,22 +85,7 @@ fn delivery(events_wanted: usize) -> impl Strategy<Value = Delivery> {
         prop::bool::weighted(0.25),
     )
         .prop_map(move |(steps, delete_directory)| {
-            let mut history = History::new();
-            history.users = vec![None; USERS];
-            history.users_deleted = vec![false; USERS];
-            history.groups = vec![None; GROUPS];
-            history.groups_deleted = vec![false; GROUPS];
-            // The first sync: the directory, then every user and group.
-            history.activate();
-            for user in 0..USERS {
-                history.step(&Step::UpsertUser {
-                    user,
-                    inactive: false,
-                });
-            }
-            for group in 0..GROUPS {
-                history.step(&Step::UpsertGroup { group });
-            }
+            let mut history = History::first_sync(USERS, GROUPS);
             // Steps that make no sense at their point give no event; there are steps to spare.
             for step in &steps {
                 if history.bodies.len() >= events_wanted - usize::from(delete_directory) {

@@ -888,18 +888,31 @@ pub(crate) struct History {
 }
 
 impl History {
-    pub(crate) fn new() -> History {
+    /// A history that starts with the first sync of a directory with `users` users and
+    /// `groups` groups: the directory, then every user and group.
+    pub(crate) fn first_sync(users: usize, groups: usize) -> History {
         let start = at("2024-01-01T00:00:00Z");
-        History {
+        let mut history = History {
             bodies: Vec::new(),
             clock: start,
             directory_updated_at: start,
-            users: vec![None; USERS],
-            users_deleted: vec![false; USERS],
-            groups: vec![None; GROUPS],
-            groups_deleted: vec![false; GROUPS],
+            users: vec![None; users],
+            users_deleted: vec![false; users],
+            groups: vec![None; groups],
+            groups_deleted: vec![false; groups],
             members: Default::default(),
+        };
+        history.activate();
+        for user in 0..users {
+            history.step(&Step::UpsertUser {
+                user,
+                inactive: false,
+            });
         }
+        for group in 0..groups {
+            history.step(&Step::UpsertGroup { group });
+        }
+        history
     }
 
     fn tick(&mut self) -> String {
@@ -920,7 +933,7 @@ impl History {
         self.bodies.push(body);
     }
 
-    pub(crate) fn activate(&mut self) {
+    fn activate(&mut self) {
         let now = self.tick();
         self.directory_updated_at = at(&now);
         let mut data = Body::example("dsync.activated").0["data"].clone();
@@ -1030,18 +1043,7 @@ struct Delivery {
 fn delivery() -> impl Strategy<Value = Delivery> {
     (prop::collection::vec(step(), 1..24), any::<bool>())
         .prop_map(|(steps, delete_directory)| {
-            let mut history = History::new();
-            // The first sync: the directory, then every user and group.
-            history.activate();
-            for user in 0..USERS {
-                history.step(&Step::UpsertUser {
-                    user,
-                    inactive: false,
-                });
-            }
-            for group in 0..GROUPS {
-                history.step(&Step::UpsertGroup { group });
-            }
+            let mut history = History::first_sync(USERS, GROUPS);
             for step in &steps {
                 history.step(step);
             }
