@@ -32,7 +32,7 @@ pub struct Event {
 impl Event {
     /// Reads a stored body back into an event.
     pub fn from_payload(payload: &str) -> Result<Self, EnvelopeError> {
-        let envelope = Envelope::parse(payload.as_bytes())?;
+        let envelope = Envelope::parse_stored(payload)?;
         let data = envelope
             .data
             .map(|data| data.to_owned())

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::envelope::{parse_timestamp, MAX_FIELD_LEN};
@@ -147,11 +148,11 @@ struct WorkosUser {
     username: Option<String>,
     job_title: Option<String>,
     state: Option<String>,
-    emails: Option<Value>,
+    emails: Option<RawJson>,
     role: Option<Role>,
     roles: Option<Vec<Option<Role>>>,
-    custom_attributes: Option<Value>,
-    raw_attributes: Option<Value>,
+    custom_attributes: Option<RawJson>,
+    raw_attributes: Option<RawJson>,
     created_at: Option<Value>,
     updated_at: Option<Value>,
 }
@@ -169,7 +170,7 @@ struct WorkosGroup {
     organization_id: Option<String>,
     idp_id: Option<String>,
     name: Option<String>,
-    raw_attributes: Option<Value>,
+    raw_attributes: Option<RawJson>,
     created_at: Option<Value>,
     updated_at: Option<Value>,
 }
@@ -184,13 +185,30 @@ struct WorkosMembership {
 
 // ---- What dsyncd stores ----
 
-/// A row of `workos.directories`. Field names are the column names.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A JSON value for a `jsonb` column, kept as the text WorkOS sent: Postgres parses it, and the
+/// worker neither builds it nor writes it out again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    pub(crate) fn text(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
+}
+
+/// A row of `workos.directories`. Field names are the column names (`directory_type` is `type`).
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct DirectoryRow {
     pub(crate) id: String,
     pub(crate) organization_id: Option<String>,
     pub(crate) name: Option<String>,
-    #[serde(rename = "type")]
     pub(crate) directory_type: Option<String>,
     pub(crate) state: Option<String>,
     pub(crate) external_key: Option<String>,
@@ -205,7 +223,7 @@ pub(crate) struct DirectoryRow {
 }
 
 /// A row of `workos.directory_users`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct UserRow {
     pub(crate) id: String,
     pub(crate) directory_id: String,
@@ -218,11 +236,11 @@ pub(crate) struct UserRow {
     pub(crate) username: Option<String>,
     pub(crate) job_title: Option<String>,
     pub(crate) state: Option<String>,
-    pub(crate) emails: Option<Value>,
+    pub(crate) emails: Option<RawJson>,
     pub(crate) role: Option<String>,
     pub(crate) roles: Option<Vec<String>>,
-    pub(crate) custom_attributes: Option<Value>,
-    pub(crate) raw_attributes: Option<Value>,
+    pub(crate) custom_attributes: Option<RawJson>,
+    pub(crate) raw_attributes: Option<RawJson>,
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) updated_at: DateTime<Utc>,
     /// The row's own deletion time (see [`DirectoryRow::deleted_at`]).
@@ -232,14 +250,14 @@ pub(crate) struct UserRow {
 }
 
 /// A row of `workos.directory_groups`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct GroupRow {
     pub(crate) id: String,
     pub(crate) directory_id: String,
     pub(crate) organization_id: Option<String>,
     pub(crate) idp_id: Option<String>,
     pub(crate) name: Option<String>,
-    pub(crate) raw_attributes: Option<Value>,
+    pub(crate) raw_attributes: Option<RawJson>,
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) updated_at: DateTime<Utc>,
     /// The row's own deletion time (see [`DirectoryRow::deleted_at`]).
@@ -249,7 +267,7 @@ pub(crate) struct GroupRow {
 }
 
 /// A row of `workos.directory_group_memberships`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct MembershipRow {
     pub(crate) group_id: String,
     pub(crate) user_id: String,
@@ -627,7 +645,8 @@ mod tests {
         assert_eq!(user.state.as_deref(), Some("inactive"));
         assert_eq!(user.role.as_deref(), Some("member"));
         assert_eq!(user.roles, Some(vec!["member".into(), "admin".into()]));
-        assert_eq!(user.emails.unwrap()[0]["value"], "m@example.com");
+        let emails: Value = serde_json::from_str(user.emails.unwrap().text()).unwrap();
+        assert_eq!(emails[0]["value"], "m@example.com");
         assert_eq!(user.created_at, Some(at("2023-04-28T20:05:31.093Z")));
         // Postgres keeps microseconds: the key must be the same in Rust and in SQL.
         assert_eq!(user.updated_at, at("2021-06-26T08:00:00.123456Z"));

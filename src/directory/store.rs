@@ -2,10 +2,12 @@
 //! `directory_groups`, `directory_group_memberships`; see `docs/SCHEMA.md`).
 //!
 //! Every function takes a whole batch and runs one statement (the cascade of memberships one
-//! per source), so a batch of 500 events costs a handful of round trips. Rows are passed as a
-//! JSON array read with `jsonb_to_recordset`, which also carries the `roles` arrays that
-//! `UNNEST` of parallel arrays cannot. Each write returns the rows it actually changed, for the
-//! change notifications.
+//! per source), so a batch of 500 events costs a handful of round trips. Rows are passed as one
+//! array per column and read with `UNNEST`: Postgres decodes binary arrays for much less than it
+//! parses the same rows out of a JSON document (BENCHMARKS.md). The `jsonb` columns travel as
+//! JSON text, and so do the `roles` lists, which a two-dimensional array cannot hold when
+//! their lengths differ. Each write returns the rows it actually changed, for the change
+//! notifications.
 //!
 //! Concurrency: several workers may apply batches at once. The ordering key is compared in the
 //! `ON CONFLICT … WHERE` clause against the row as committed, so concurrent upserts of one row
@@ -14,10 +16,9 @@
 //! each directory they write under (see [`lock_directories`]).
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
 use sqlx::PgConnection;
 
-use super::model::{DirectoryRow, GroupRow, MembershipRow, UserRow};
+use super::model::{DirectoryRow, GroupRow, MembershipRow, RawJson, UserRow};
 use super::plan::Tombstone;
 
 /// The first key of the advisory locks taken on directories, to keep them apart from other
@@ -95,18 +96,33 @@ pub(crate) async fn upsert_directories(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let ids = column(rows, |row| row.id.as_str());
+    let organization_ids = column(rows, |row| row.organization_id.as_deref());
+    let names = column(rows, |row| row.name.as_deref());
+    let types = column(rows, |row| row.directory_type.as_deref());
+    let states = column(rows, |row| row.state.as_deref());
+    let external_keys = column(rows, |row| row.external_key.as_deref());
+    let domains = column(rows, |row| json_text(&row.domains));
+    let created_ats = column(rows, |row| row.created_at);
+    let updated_ats = column(rows, |row| row.updated_at);
+    let deleted_ats = column(rows, |row| row.deleted_at);
+    let last_event_ids = column(rows, |row| row.last_event_id.as_str());
+    let last_events = column(rows, |row| row.last_event.event_type());
     let changed = sqlx::query!(
         r#"
         INSERT INTO workos.directories AS d (
             id, organization_id, name, type, state, external_key, domains,
             created_at, updated_at, deleted_at, last_event_id, last_event
         )
-        SELECT x.id, x.organization_id, x.name, x.type, x.state, x.external_key, x.domains,
-               x.created_at, x.updated_at, x.deleted_at, x.last_event_id, x.last_event
-        FROM jsonb_to_recordset($1::jsonb) AS x(
-            id text, organization_id text, name text, type text, state text, external_key text,
-            domains jsonb, created_at timestamptz, updated_at timestamptz,
-            deleted_at timestamptz, last_event_id text, last_event text
+        SELECT x.id, x.organization_id, x.name, x.type, x.state, x.external_key,
+               x.domains::jsonb, x.created_at, x.updated_at, x.deleted_at, x.last_event_id,
+               x.last_event
+        FROM UNNEST(
+            $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[]
+        ) AS x(
+            id, organization_id, name, type, state, external_key, domains,
+            created_at, updated_at, deleted_at, last_event_id, last_event
         )
         ON CONFLICT (id) DO UPDATE SET
             organization_id = EXCLUDED.organization_id,
@@ -125,7 +141,18 @@ pub(crate) async fn upsert_directories(
             > (d.updated_at, workos.event_rank(d.last_event), d.last_event_id)
         RETURNING d.id, d.deleted_at
         "#,
-        Json(rows) as _,
+        &ids as &[&str],
+        &organization_ids as &[Option<&str>],
+        &names as &[Option<&str>],
+        &types as &[Option<&str>],
+        &states as &[Option<&str>],
+        &external_keys as &[Option<&str>],
+        &domains as &[Option<String>],
+        &created_ats as &[Option<DateTime<Utc>>],
+        &updated_ats,
+        &deleted_ats as &[Option<DateTime<Utc>>],
+        &last_event_ids as &[&str],
+        &last_events as &[&str],
     )
     .fetch_all(conn)
     .await?;
@@ -148,6 +175,29 @@ pub(crate) async fn upsert_users(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let ids = column(rows, |row| row.id.as_str());
+    let directory_ids = column(rows, |row| row.directory_id.as_str());
+    let organization_ids = column(rows, |row| row.organization_id.as_deref());
+    let idp_ids = column(rows, |row| row.idp_id.as_deref());
+    let emails = column(rows, |row| row.email.as_deref());
+    let first_names = column(rows, |row| row.first_name.as_deref());
+    let last_names = column(rows, |row| row.last_name.as_deref());
+    let names = column(rows, |row| row.name.as_deref());
+    let usernames = column(rows, |row| row.username.as_deref());
+    let job_titles = column(rows, |row| row.job_title.as_deref());
+    let states = column(rows, |row| row.state.as_deref());
+    let email_lists = column(rows, |row| row.emails.as_ref().map(RawJson::text));
+    let roles = column(rows, |row| row.role.as_deref());
+    let role_lists = column(rows, |row| json_text(&row.roles));
+    let custom_attributes = column(rows, |row| {
+        row.custom_attributes.as_ref().map(RawJson::text)
+    });
+    let raw_attributes = column(rows, |row| row.raw_attributes.as_ref().map(RawJson::text));
+    let created_ats = column(rows, |row| row.created_at);
+    let updated_ats = column(rows, |row| row.updated_at);
+    let deleted_ats = column(rows, |row| row.deleted_at);
+    let last_event_ids = column(rows, |row| row.last_event_id.as_str());
+    let last_events = column(rows, |row| row.last_event.event_type());
     let changed = sqlx::query!(
         r#"
         INSERT INTO workos.directory_users AS u (
@@ -156,20 +206,25 @@ pub(crate) async fn upsert_users(
             created_at, updated_at, deleted_at, last_event_id, last_event
         )
         SELECT x.id, x.directory_id, x.organization_id, x.idp_id, x.email, x.first_name,
-               x.last_name, x.name, x.username, x.job_title, x.state, x.emails, x.role, x.roles,
-               x.custom_attributes, x.raw_attributes, x.created_at, x.updated_at,
+               x.last_name, x.name, x.username, x.job_title, x.state, x.emails::jsonb, x.role,
+               CASE WHEN x.roles IS NOT NULL
+                    THEN ARRAY(SELECT jsonb_array_elements_text(x.roles::jsonb)) END,
+               x.custom_attributes::jsonb, x.raw_attributes::jsonb, x.created_at, x.updated_at,
                LEAST(
                    x.deleted_at,
                    (SELECT d.deleted_at FROM workos.directories d
                     WHERE d.id = x.directory_id AND d.deleted_at >= x.updated_at)
                ),
                x.last_event_id, x.last_event
-        FROM jsonb_to_recordset($1::jsonb) AS x(
-            id text, directory_id text, organization_id text, idp_id text, email text,
-            first_name text, last_name text, name text, username text, job_title text,
-            state text, emails jsonb, role text, roles text[], custom_attributes jsonb,
-            raw_attributes jsonb, created_at timestamptz, updated_at timestamptz,
-            deleted_at timestamptz, last_event_id text, last_event text
+        FROM UNNEST(
+            $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+            $14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[],
+            $19::timestamptz[], $20::text[], $21::text[]
+        ) AS x(
+            id, directory_id, organization_id, idp_id, email, first_name, last_name, name,
+            username, job_title, state, emails, role, roles, custom_attributes, raw_attributes,
+            created_at, updated_at, deleted_at, last_event_id, last_event
         )
         ON CONFLICT (id) DO UPDATE SET
             directory_id = EXCLUDED.directory_id,
@@ -197,7 +252,27 @@ pub(crate) async fn upsert_users(
             > (u.updated_at, workos.event_rank(u.last_event), u.last_event_id)
         RETURNING u.id, u.directory_id, u.deleted_at
         "#,
-        Json(rows) as _,
+        &ids as &[&str],
+        &directory_ids as &[&str],
+        &organization_ids as &[Option<&str>],
+        &idp_ids as &[Option<&str>],
+        &emails as &[Option<&str>],
+        &first_names as &[Option<&str>],
+        &last_names as &[Option<&str>],
+        &names as &[Option<&str>],
+        &usernames as &[Option<&str>],
+        &job_titles as &[Option<&str>],
+        &states as &[Option<&str>],
+        &email_lists as &[Option<&str>],
+        &roles as &[Option<&str>],
+        &role_lists as &[Option<String>],
+        &custom_attributes as &[Option<&str>],
+        &raw_attributes as &[Option<&str>],
+        &created_ats as &[Option<DateTime<Utc>>],
+        &updated_ats,
+        &deleted_ats as &[Option<DateTime<Utc>>],
+        &last_event_ids as &[&str],
+        &last_events as &[&str],
     )
     .fetch_all(conn)
     .await?;
@@ -221,13 +296,24 @@ pub(crate) async fn upsert_groups(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let ids = column(rows, |row| row.id.as_str());
+    let directory_ids = column(rows, |row| row.directory_id.as_str());
+    let organization_ids = column(rows, |row| row.organization_id.as_deref());
+    let idp_ids = column(rows, |row| row.idp_id.as_deref());
+    let names = column(rows, |row| row.name.as_deref());
+    let raw_attributes = column(rows, |row| row.raw_attributes.as_ref().map(RawJson::text));
+    let created_ats = column(rows, |row| row.created_at);
+    let updated_ats = column(rows, |row| row.updated_at);
+    let deleted_ats = column(rows, |row| row.deleted_at);
+    let last_event_ids = column(rows, |row| row.last_event_id.as_str());
+    let last_events = column(rows, |row| row.last_event.event_type());
     let changed = sqlx::query!(
         r#"
         INSERT INTO workos.directory_groups AS g (
             id, directory_id, organization_id, idp_id, name, raw_attributes,
             created_at, updated_at, deleted_at, last_event_id, last_event
         )
-        SELECT x.id, x.directory_id, x.organization_id, x.idp_id, x.name, x.raw_attributes,
+        SELECT x.id, x.directory_id, x.organization_id, x.idp_id, x.name, x.raw_attributes::jsonb,
                x.created_at, x.updated_at,
                LEAST(
                    x.deleted_at,
@@ -235,10 +321,12 @@ pub(crate) async fn upsert_groups(
                     WHERE d.id = x.directory_id AND d.deleted_at >= x.updated_at)
                ),
                x.last_event_id, x.last_event
-        FROM jsonb_to_recordset($1::jsonb) AS x(
-            id text, directory_id text, organization_id text, idp_id text, name text,
-            raw_attributes jsonb, created_at timestamptz, updated_at timestamptz,
-            deleted_at timestamptz, last_event_id text, last_event text
+        FROM UNNEST(
+            $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[]
+        ) AS x(
+            id, directory_id, organization_id, idp_id, name, raw_attributes,
+            created_at, updated_at, deleted_at, last_event_id, last_event
         )
         ON CONFLICT (id) DO UPDATE SET
             directory_id = EXCLUDED.directory_id,
@@ -256,7 +344,17 @@ pub(crate) async fn upsert_groups(
             > (g.updated_at, workos.event_rank(g.last_event), g.last_event_id)
         RETURNING g.id, g.directory_id, g.deleted_at
         "#,
-        Json(rows) as _,
+        &ids as &[&str],
+        &directory_ids as &[&str],
+        &organization_ids as &[Option<&str>],
+        &idp_ids as &[Option<&str>],
+        &names as &[Option<&str>],
+        &raw_attributes as &[Option<&str>],
+        &created_ats as &[Option<DateTime<Utc>>],
+        &updated_ats,
+        &deleted_ats as &[Option<DateTime<Utc>>],
+        &last_event_ids as &[&str],
+        &last_events as &[&str],
     )
     .fetch_all(conn)
     .await?;
@@ -282,6 +380,14 @@ pub(crate) async fn upsert_memberships(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let group_ids = column(rows, |row| row.group_id.as_str());
+    let user_ids = column(rows, |row| row.user_id.as_str());
+    let directory_ids = column(rows, |row| row.directory_id.as_str());
+    let organization_ids = column(rows, |row| row.organization_id.as_deref());
+    let updated_ats = column(rows, |row| row.updated_at);
+    let deleted_ats = column(rows, |row| row.deleted_at);
+    let last_event_ids = column(rows, |row| row.last_event_id.as_str());
+    let last_events = column(rows, |row| row.last_event.event_type());
     let changed = sqlx::query!(
         r#"
         INSERT INTO workos.directory_group_memberships AS m (
@@ -299,9 +405,12 @@ pub(crate) async fn upsert_memberships(
                     WHERE d.id = x.directory_id AND d.deleted_at >= x.updated_at)
                ),
                x.last_event_id, x.last_event
-        FROM jsonb_to_recordset($1::jsonb) AS x(
-            group_id text, user_id text, directory_id text, organization_id text,
-            updated_at timestamptz, deleted_at timestamptz, last_event_id text, last_event text
+        FROM UNNEST(
+            $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::timestamptz[], $7::text[], $8::text[]
+        ) AS x(
+            group_id, user_id, directory_id, organization_id, updated_at, deleted_at,
+            last_event_id, last_event
         )
         ON CONFLICT (group_id, user_id) DO UPDATE SET
             directory_id = EXCLUDED.directory_id,
@@ -314,7 +423,14 @@ pub(crate) async fn upsert_memberships(
         WHERE (EXCLUDED.updated_at, EXCLUDED.last_event_id) > (m.updated_at, m.last_event_id)
         RETURNING m.group_id, m.user_id, m.directory_id, m.deleted_at
         "#,
-        Json(rows) as _,
+        &group_ids as &[&str],
+        &user_ids as &[&str],
+        &directory_ids as &[&str],
+        &organization_ids as &[Option<&str>],
+        &updated_ats,
+        &deleted_ats as &[Option<DateTime<Utc>>],
+        &last_event_ids as &[&str],
+        &last_events as &[&str],
     )
     .fetch_all(conn)
     .await?;
@@ -493,6 +609,18 @@ pub(crate) async fn notify(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// One column of `rows`, for `UNNEST`.
+fn column<'a, R, T>(rows: &'a [R], value: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
+}
+
+/// A `jsonb` column's value as JSON text.
+fn json_text(value: &Option<impl serde::Serialize>) -> Option<String> {
+    value
+        .as_ref()
+        .map(|value| serde_json::to_string(value).expect("a JSON value serializes"))
 }
 
 fn columns(tombstones: &[Tombstone]) -> (Vec<String>, Vec<DateTime<Utc>>) {
