@@ -141,7 +141,7 @@ fresh_database() {
   timeout 60 "$bin" migrate >> "$work/migrate.log" 2>&1
 }
 
-unfinished() { sql "SELECT count(*) FROM workos.inbox WHERE status IN ('pending', 'processing')"; }
+unfinished() { sql "SELECT count(*) FROM workos.inbox WHERE status = 'pending'"; }
 drained() { [ "$(unfinished)" = 0 ]; }
 
 # acknowledged_ids LOADGEN_JSON ACKED_FILE PREFIX OUT: checks that the load generator saw every

@@ -155,7 +155,8 @@ pub struct WorkerConfig {
     pub batch_size: u32,
     /// Batches applied at once by one process, each on a connection of its own.
     pub concurrency: u32,
-    /// How long a claim lasts; events of a worker that died are claimed again after it.
+    /// How long a batch may sit idle in its transaction (a handler stuck outside the database)
+    /// before Postgres ends the session and its events are claimed again.
     pub lease_secs: u64,
     /// Polling interval when no notification arrives.
     pub poll_interval_ms: u64,

@@ -1,9 +1,11 @@
 //! All SQL for `workos.inbox`, the table between the receiver and the worker.
 //!
-//! Life of a row: the receiver inserts it `pending`; a worker claims it (`processing`, with a
-//! lease in `locked_until`), then finishes it `done` or `ignored` in the transaction that
-//! applied it, or puts it back `pending` with a backoff, or `dead` after the last attempt.
-//! A row whose lease ran out (its worker died) is claimable again.
+//! Life of a row: the receiver inserts it `pending`; a worker claims it by locking it in the
+//! transaction that applies it, and in that same transaction finishes it `done` or `ignored`,
+//! or puts it back `pending` with a backoff, or `dead` after the last attempt. A claim writes
+//! nothing: if the transaction ends without finishing the row (rollback, crash, a connection
+//! Postgres closed), the row is claimable again at once. Each event is thus written once by
+//! the worker, not twice (claimed, then finished).
 
 use std::time::Duration;
 
@@ -60,41 +62,38 @@ pub struct Claimed {
     pub payload: String,
     /// When the receiver stored it.
     pub received_at: DateTime<Utc>,
-    /// Claims so far, this one included; finishing checks it so a worker whose lease ran out
-    /// cannot finish a row another worker has claimed since.
+    /// Attempts recorded before this one.
     pub attempts: i32,
 }
 
-/// Claims up to `limit` available rows, oldest first, for `lease`. Rows locked by another
-/// worker are skipped, so several workers can claim at once.
+/// Claims up to `limit` available rows, oldest first, for the transaction `conn` is in: the
+/// rows stay locked until it ends, and other workers skip them. Nothing is written.
+///
+/// `lease` bounds how long the transaction may then sit idle (a handler stuck outside the
+/// database) before Postgres ends the session, which releases the rows to other workers.
 pub async fn claim(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    let lease_ms = lease.as_millis().to_string();
     sqlx::query_as!(
         Claimed,
         r#"
-        WITH picked AS (
-            SELECT id FROM workos.inbox
-            WHERE finished_at IS NULL AND available_at <= now()
-              AND (locked_until IS NULL OR locked_until <= now())
-            ORDER BY available_at
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
+        WITH lease AS (
+            SELECT set_config('idle_in_transaction_session_timeout', $2, true)
         )
-        UPDATE workos.inbox AS i
-        SET status = 'processing',
-            attempts = i.attempts + 1,
-            locked_until = now() + make_interval(secs => $2)
-        FROM picked
-        WHERE i.id = picked.id
-        RETURNING i.id, i.event, i.payload::text AS "payload!", i.received_at, i.attempts
+        SELECT i.id, i.event, i.payload::text AS "payload!", i.received_at, i.attempts
+        FROM workos.inbox AS i, lease
+        WHERE i.finished_at IS NULL AND i.available_at <= now()
+        ORDER BY i.available_at
+        LIMIT $1
+        FOR UPDATE OF i SKIP LOCKED
         "#,
         limit,
-        lease.as_secs_f64(),
+        lease_ms,
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
@@ -116,35 +115,32 @@ impl Finish {
     }
 }
 
-/// Finishes claimed rows inside the applying transaction. Returns how many rows were still
-/// held by this claim; fewer than given means a lease ran out and the caller must roll back.
+/// Finishes claimed rows, in the transaction that claimed and applied them.
 pub async fn finish(
     conn: &mut PgConnection,
     rows: &[(&Claimed, Finish)],
-) -> Result<u64, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = rows.iter().map(|(row, _)| row.id.as_str()).collect();
-    let attempts: Vec<i32> = rows.iter().map(|(row, _)| row.attempts).collect();
     let statuses: Vec<&str> = rows.iter().map(|(_, finish)| finish.as_str()).collect();
-    let result = sqlx::query!(
+    sqlx::query!(
         r#"
         UPDATE workos.inbox AS i
-        SET status = f.status, finished_at = now(), locked_until = NULL, last_error = NULL
-        FROM UNNEST($1::text[], $2::int4[], $3::text[]) AS f(id, attempts, status)
-        WHERE i.id = f.id AND i.attempts = f.attempts AND i.status = 'processing'
+        SET status = f.status, attempts = i.attempts + 1, finished_at = now(), last_error = NULL
+        FROM UNNEST($1::text[], $2::text[]) AS f(id, status)
+        WHERE i.id = f.id
         "#,
         &ids as &[&str],
-        &attempts,
         &statuses as &[&str],
     )
     .execute(conn)
     .await?;
-    Ok(result.rows_affected())
+    Ok(())
 }
 
-/// Records a failed attempt: back to `pending` until `retry_at`, or `dead` when `retry_at` is
-/// `None`. Does nothing if the row has been claimed again since.
+/// Records a failed attempt at a claimed row, in the transaction that claimed it: back to
+/// `pending` until `retry_at`, or `dead` when `retry_at` is `None`.
 pub async fn fail(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     row: &Claimed,
     error: &str,
     retry_at: Option<DateTime<Utc>>,
@@ -152,19 +148,18 @@ pub async fn fail(
     sqlx::query!(
         r#"
         UPDATE workos.inbox
-        SET status = CASE WHEN $3::timestamptz IS NULL THEN 'dead' ELSE 'pending' END,
-            available_at = COALESCE($3, available_at),
-            locked_until = NULL,
-            finished_at = CASE WHEN $3 IS NULL THEN now() END,
-            last_error = $4
-        WHERE id = $1 AND attempts = $2 AND status = 'processing'
+        SET status = CASE WHEN $2::timestamptz IS NULL THEN 'dead' ELSE 'pending' END,
+            attempts = attempts + 1,
+            available_at = COALESCE($2, available_at),
+            finished_at = CASE WHEN $2 IS NULL THEN now() END,
+            last_error = $3
+        WHERE id = $1
         "#,
         row.id,
-        row.attempts,
         retry_at,
         error,
     )
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -172,13 +167,11 @@ pub async fn fail(
 /// What is waiting in the inbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Backlog {
-    /// Rows waiting for a first attempt or a retry.
+    /// Rows waiting for a first attempt or a retry, or being applied.
     pub pending: i64,
-    /// Rows claimed by a worker.
-    pub processing: i64,
     /// Rows that failed for good.
     pub dead: i64,
-    /// Age of the oldest pending or processing row, 0 if none.
+    /// Age of the oldest pending row, 0 if none.
     pub oldest_pending_seconds: f64,
 }
 
@@ -189,7 +182,6 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
         r#"
         SELECT
             count(*) FILTER (WHERE status = 'pending') AS "pending!",
-            count(*) FILTER (WHERE status = 'processing') AS "processing!",
             (SELECT count(*) FROM workos.inbox
              WHERE last_error IS NOT NULL AND status = 'dead') AS "dead!",
             COALESCE(extract(epoch FROM now() - min(received_at)), 0)::float8 AS "oldest!"
@@ -201,7 +193,6 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
     .await?;
     Ok(Backlog {
         pending: row.pending,
-        processing: row.processing,
         dead: row.dead,
         oldest_pending_seconds: row.oldest,
     })
@@ -238,9 +229,9 @@ pub struct Summary {
     pub id: String,
     /// The event type.
     pub event: String,
-    /// `pending`, `processing`, `done`, `ignored` or `dead`.
+    /// `pending`, `done`, `ignored` or `dead`.
     pub status: String,
-    /// Claims so far.
+    /// Attempts recorded so far (applied, or failed).
     pub attempts: i32,
     /// When the receiver stored it.
     pub received_at: DateTime<Utc>,
@@ -281,8 +272,6 @@ pub struct Row {
     pub payload: String,
     /// When the row may next be claimed (a retry's backoff).
     pub available_at: DateTime<Utc>,
-    /// While processing: when the worker's lease ends.
-    pub locked_until: Option<DateTime<Utc>>,
     /// When it reached done, ignored or dead.
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -292,7 +281,7 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
         SELECT id, event, status, attempts, received_at, last_error,
-               payload::text AS "payload!", available_at, locked_until, finished_at
+               payload::text AS "payload!", available_at, finished_at
         FROM workos.inbox WHERE id = $1
         "#,
         id
@@ -310,7 +299,6 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
         },
         payload: row.payload,
         available_at: row.available_at,
-        locked_until: row.locked_until,
         finished_at: row.finished_at,
     }))
 }
@@ -333,7 +321,8 @@ pub struct Selection {
 }
 
 /// Puts the selected finished rows back to `pending` with a fresh count of attempts, and
-/// wakes the workers. Rows being processed are left alone. Returns how many were requeued.
+/// wakes the workers. A row a worker is applying is requeued once that worker commits, if it
+/// still matches. Returns how many were requeued.
 ///
 /// Applying is idempotent, so requeueing `done` rows re-applies them without changing the
 /// synced tables unless they had drifted.
@@ -347,7 +336,7 @@ pub async fn requeue(pool: &PgPool, selection: &Selection) -> Result<u64, sqlx::
         r#"
         WITH requeued AS (
             UPDATE workos.inbox
-            SET status = 'pending', attempts = 0, available_at = now(), locked_until = NULL,
+            SET status = 'pending', attempts = 0, available_at = now(),
                 finished_at = NULL, last_error = NULL
             WHERE status = ANY($1::text[])
               AND (cardinality($2::text[]) = 0 OR id = ANY($2))

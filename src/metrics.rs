@@ -95,13 +95,13 @@ impl Metrics {
         let inbox_depth = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "inbox_depth",
-            "Inbox rows waiting or stuck, by status (pending, processing, dead)",
+            "Inbox rows waiting or stuck, by status (pending, dead)",
             inbox_depth.clone(),
         );
         let oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "inbox_oldest_pending_seconds",
-            "Age of the oldest pending or processing inbox row (0 when there is none)",
+            "Age of the oldest pending inbox row (0 when there is none)",
             oldest_pending_seconds.clone(),
         );
         Arc::new(Metrics {
@@ -154,11 +154,7 @@ impl Metrics {
     pub async fn render(&self, pool: &PgPool) -> String {
         match crate::inbox::backlog(pool).await {
             Ok(backlog) => {
-                for (status, count) in [
-                    ("pending", backlog.pending),
-                    ("processing", backlog.processing),
-                    ("dead", backlog.dead),
-                ] {
+                for (status, count) in [("pending", backlog.pending), ("dead", backlog.dead)] {
                     self.inbox_depth
                         .get_or_create(&StatusLabels { status })
                         .set(count);

@@ -1,22 +1,24 @@
 //! The worker (process B): drains `workos.inbox` into the handlers.
 //!
-//! A loop claims a batch (`FOR UPDATE SKIP LOCKED`, with a lease), applies it in one
-//! transaction that also finishes the rows, and claims again until the inbox is empty; then it
-//! waits for a `workos_inbox` notification (sent when the receiver commits) or the polling
-//! interval, whichever comes first. Several workers may drain one inbox at once.
+//! A loop opens a transaction, claims a batch in it (`FOR UPDATE SKIP LOCKED`: the rows stay
+//! locked, nothing is written), applies it, finishes the rows and commits, and claims again
+//! until the inbox is empty; then it waits for a `workos_inbox` notification (sent when the
+//! receiver commits) or the polling interval, whichever comes first. Several workers may drain
+//! one inbox at once. A worker that dies mid-batch leaves nothing behind: its transaction is
+//! rolled back and the events are claimable again at once.
 //!
-//! If a batch fails, it is rolled back and every event is applied on its own, so one bad event
-//! never holds back the others; a failed event is retried with exponential backoff and jitter,
-//! and ends `dead` after `worker.max_attempts` (at once if the handler rejects it as
-//! unappliable). Stopping is two-phase: on shutdown no new batch is claimed, and the batch in
-//! flight gets `worker.shutdown_grace_ms` to finish.
+//! If a batch fails, its writes are rolled back to a savepoint and every event is applied on its
+//! own, in the same transaction, so one bad event never holds back the others; a failed event
+//! is retried with exponential backoff and jitter, and ends `dead` after `worker.max_attempts`
+//! (at once if the handler rejects it as unappliable). Stopping is two-phase: on shutdown no
+//! new batch is claimed, and the batch in flight gets `worker.shutdown_grace_ms` to finish.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -78,18 +80,20 @@ impl Worker {
         self
     }
 
-    /// Claims and applies one batch.
+    /// Claims one batch, applies it and commits; an empty report when nothing was due.
     pub async fn run_once(&self) -> Result<BatchReport, sqlx::Error> {
-        let claimed = self.claim().await?;
+        let mut tx = self.pool.begin().await?;
+        let lease = Duration::from_secs(self.config.lease_secs);
+        let claimed = inbox::claim(&mut tx, self.config.batch_size.into(), lease).await?;
         if claimed.is_empty() {
+            tx.rollback().await?;
             return Ok(BatchReport::default());
         }
-        self.process(claimed).await
-    }
-
-    async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
-        let lease = Duration::from_secs(self.config.lease_secs);
-        inbox::claim(&self.pool, self.config.batch_size.into(), lease).await
+        let span = tracing::info_span!("batch", events = claimed.len());
+        let (report, applied) = self.process(&mut tx, &claimed).instrument(span).await?;
+        tx.commit().await?;
+        self.count_applied(&applied);
+        Ok(report)
     }
 
     /// Applies batches until none is available (events waiting for a retry stay). For tests
@@ -157,39 +161,33 @@ impl Worker {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            // A claim is not raced against shutdown: what it claims is this loop's to finish,
-            // and a claim dropped half-way would leave rows to wait for their lease.
-            let claimed = match self.claim().await {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::error!(error = %error, "claiming from the inbox failed");
-                    Vec::new()
-                }
-            };
-            if claimed.is_empty() {
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(poll) => {}
-                    () = shutdown.cancelled() => {}
-                }
-                continue;
-            }
-            let batch = self.process(claimed);
+            let batch = self.run_once();
             tokio::pin!(batch);
             let outcome = tokio::select! {
                 outcome = &mut batch => outcome,
                 () = shutdown.cancelled() => match tokio::time::timeout(grace, batch).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
-                        // Dropping the batch rolled its transaction back; its rows are claimed
-                        // again when their lease ends.
+                        // Dropping the batch rolled its transaction back; its events are
+                        // claimable again.
                         tracing::warn!(grace_ms = grace.as_millis() as u64, "batch abandoned at shutdown");
                         break;
                     }
                 },
             };
-            if let Err(error) = outcome {
-                tracing::error!(error = %error, "recording the outcome of a batch failed");
+            let idle = match outcome {
+                Ok(report) => report.claimed == 0,
+                Err(error) => {
+                    tracing::error!(error = %error, "a batch failed and was rolled back");
+                    true
+                }
+            };
+            if idle {
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(poll) => {}
+                    () = shutdown.cancelled() => {}
+                }
             }
         }
     }
@@ -217,77 +215,102 @@ impl Worker {
         Ok(deleted)
     }
 
-    async fn process(&self, claimed: Vec<Claimed>) -> Result<BatchReport, sqlx::Error> {
-        let span = tracing::info_span!("batch", events = claimed.len());
-        self.process_in_span(claimed).instrument(span).await
-    }
-
-    async fn process_in_span(&self, claimed: Vec<Claimed>) -> Result<BatchReport, sqlx::Error> {
+    /// Applies a claimed batch in the transaction `conn` is in and records every outcome
+    /// there; returns the report and the rows applied.
+    async fn process<'a>(
+        &self,
+        conn: &mut PgConnection,
+        claimed: &'a [Claimed],
+    ) -> Result<(BatchReport, Vec<&'a Claimed>), sqlx::Error> {
         let mut report = BatchReport {
             claimed: claimed.len(),
             ..BatchReport::default()
         };
         let mut events = Vec::with_capacity(claimed.len());
-        for row in &claimed {
+        for row in claimed {
             match Event::from_payload(&row.payload) {
                 Ok(event) => events.push((row, event)),
                 Err(error) => {
                     let error =
                         HandlerError::Rejected(format!("stored payload is not an event: {error}"));
-                    self.record_failure(row, &error).await?;
+                    self.record_failure(conn, row, &error).await?;
                     report.failed += 1;
                 }
             }
         }
         if events.is_empty() {
-            return Ok(report);
+            return Ok((report, Vec::new()));
         }
-        match self.apply(&events).await {
+        match self.apply(conn, &events).await {
             Ok(()) => {
                 report.finished += events.len();
-                self.count_applied(&events);
-                return Ok(report);
+                return Ok((report, events.iter().map(|(row, _)| *row).collect()));
             }
             Err(error) if events.len() > 1 => {
                 tracing::warn!(error = %error, "batch failed; applying its events one by one");
             }
             Err(error) => {
-                self.settle_failure(events[0].0, &events[0].1, error)
-                    .await?;
+                self.record_failure(conn, events[0].0, &error).await?;
                 report.failed += 1;
-                return Ok(report);
+                return Ok((report, Vec::new()));
             }
         }
+        let mut applied = Vec::with_capacity(events.len());
         for (row, event) in &events {
             let span =
                 tracing::info_span!("event", event.id = %event.id, event.type = %event.event);
             match self
-                .apply(std::slice::from_ref(&(*row, event.clone())))
+                .apply(conn, std::slice::from_ref(&(*row, event.clone())))
                 .instrument(span)
                 .await
             {
-                Ok(()) => report.finished += 1,
+                Ok(()) => {
+                    report.finished += 1;
+                    applied.push(*row);
+                }
                 Err(error) => {
-                    self.settle_failure(row, event, error).await?;
+                    self.record_failure(conn, row, &error).await?;
                     report.failed += 1;
                 }
             }
         }
-        Ok(report)
+        Ok((report, applied))
     }
 
-    fn count_applied(&self, events: &[(&Claimed, Event)]) {
+    fn count_applied(&self, applied: &[&Claimed]) {
         let now = Utc::now();
-        for (row, event) in events {
+        for row in applied {
             let lag = (now - row.received_at).to_std().unwrap_or_default();
-            self.metrics.applied(&event.event, lag);
-            tracing::debug!(event.id = %event.id, event.type = %event.event, lag_ms = lag.as_millis() as u64, "event applied");
+            self.metrics.applied(&row.event, lag);
+            tracing::debug!(event.id = %row.id, event.type = %row.event, lag_ms = lag.as_millis() as u64, "event applied");
         }
     }
 
-    /// Applies events and finishes their rows in one transaction.
-    async fn apply(&self, events: &[(&Claimed, Event)]) -> Result<(), ApplyError> {
-        let mut tx = self.pool.begin().await.map_err(HandlerError::from)?;
+    /// Applies events and finishes their rows inside a savepoint: if anything fails, what
+    /// they wrote is undone and the claim (the transaction around it) still holds.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&Claimed, Event)],
+    ) -> Result<(), HandlerError> {
+        let mut savepoint = conn.begin().await?;
+        match self.apply_all(&mut savepoint, events).await {
+            Ok(()) => {
+                savepoint.commit().await?;
+                Ok(())
+            }
+            Err(error) => {
+                savepoint.rollback().await?;
+                Err(error)
+            }
+        }
+    }
+
+    async fn apply_all(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&Claimed, Event)],
+    ) -> Result<(), HandlerError> {
         let mut finishes: Vec<(&Claimed, Finish)> = events
             .iter()
             .map(|(row, _)| (*row, Finish::Ignored))
@@ -301,50 +324,35 @@ impl Worker {
                 }
             }
             if !mine.is_empty() {
-                handler.handle_batch(&mut tx, &mine).await?;
+                handler.handle_batch(conn, &mine).await?;
             }
         }
-        let held = inbox::finish(&mut tx, &finishes)
-            .await
-            .map_err(HandlerError::from)?;
-        if held != finishes.len() as u64 {
-            return Err(ApplyError::LeaseLost);
-        }
-        tx.commit().await.map_err(HandlerError::from)?;
+        inbox::finish(conn, &finishes).await?;
         Ok(())
     }
 
-    async fn settle_failure(
+    async fn record_failure(
         &self,
+        conn: &mut PgConnection,
         row: &Claimed,
-        event: &Event,
-        error: ApplyError,
+        error: &HandlerError,
     ) -> Result<(), sqlx::Error> {
-        match error {
-            ApplyError::LeaseLost => {
-                tracing::warn!(event.id = %event.id, "lease ran out; another worker has the event");
-                Ok(())
-            }
-            ApplyError::Handler(error) => self.record_failure(row, &error).await,
-        }
-    }
-
-    async fn record_failure(&self, row: &Claimed, error: &HandlerError) -> Result<(), sqlx::Error> {
+        let attempts = row.attempts + 1;
         let permanent = matches!(error, HandlerError::Rejected(_));
-        let retry_at = if permanent || row.attempts >= self.config.max_attempts as i32 {
+        let retry_at = if permanent || attempts >= self.config.max_attempts as i32 {
             None
         } else {
-            let delay = backoff(&self.config, row.attempts as u32, rand::random::<f64>());
+            let delay = backoff(&self.config, attempts as u32, rand::random::<f64>());
             Some(Utc::now() + delay)
         };
         let message = error.to_string();
         self.metrics.failed(&row.event);
         if retry_at.is_none() {
-            tracing::error!(event.id = %row.id, event.type = %row.event, attempts = row.attempts, error = %message, "event is dead");
+            tracing::error!(event.id = %row.id, event.type = %row.event, attempts, error = %message, "event is dead");
         } else {
-            tracing::warn!(event.id = %row.id, event.type = %row.event, attempts = row.attempts, error = %message, "event failed; will retry");
+            tracing::warn!(event.id = %row.id, event.type = %row.event, attempts, error = %message, "event failed; will retry");
         }
-        inbox::fail(&self.pool, row, &message, retry_at).await
+        inbox::fail(conn, row, &message, retry_at).await
     }
 }
 
@@ -382,14 +390,6 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
             }
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ApplyError {
-    #[error(transparent)]
-    Handler(#[from] HandlerError),
-    #[error("the lease ran out before the batch committed")]
-    LeaseLost,
 }
 
 /// The delay before retry number `attempt` (1-based): `backoff_base_ms` doubled per attempt,

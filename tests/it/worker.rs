@@ -1,13 +1,13 @@
-//! The worker over a real inbox: dispatch, failures and retries, leases, several workers,
+//! The worker over a real inbox: dispatch, failures and retries, claims, several workers,
 //! wake-ups and shutdown. A recording handler stands in for the application's handlers.
 
 use std::time::Duration;
 
 use dsyncd::config::WorkerConfig;
-use dsyncd::inbox::{self, Finish};
+use dsyncd::inbox;
 use dsyncd::worker::Worker;
 use dsyncd::{Event, EventHandler, HandlerError, Role};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -164,49 +164,82 @@ async fn a_rejected_event_is_dead_at_once(pool: PgPool) {
     assert_eq!(status(&pool, "e1").await.0, "done");
 }
 
+/// Ends the session `pid` and waits until it is gone, as Postgres does when a worker's process
+/// dies or its lease runs out.
+async fn end_session(pool: &PgPool, pid: i32) {
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(ended, "session {pid} did not end within 10 s");
+}
+
 #[sqlx::test]
-async fn a_dead_workers_claim_is_taken_over_when_its_lease_ends(pool: PgPool) {
+async fn a_claim_holds_its_events_until_its_transaction_ends(pool: PgPool) {
     prepare(&pool).await;
     store(&pool, &["e1", "e2"], "dsync.user.created").await;
-    // A worker claims with a long lease and dies: nobody else may take the events.
-    let claimed = inbox::claim(&pool, 10, Duration::from_secs(600))
+    // A worker claims and dies mid-batch: while its session lives, nobody else takes the events.
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let claimed = inbox::claim(&mut tx, 10, Duration::from_secs(600))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);
     let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
     assert_eq!(worker.run_until_empty().await.unwrap().claimed, 0);
 
-    // Its lease ends (moved into the past rather than waited for).
-    sqlx::query("UPDATE workos.inbox SET locked_until = now() - interval '1 second'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    // Its session ends: the claim wrote nothing, and the events are due at once.
+    end_session(&pool, pid).await;
     let report = worker.run_until_empty().await.unwrap();
     assert_eq!((report.claimed, report.finished), (2, 2));
-    assert_eq!(status(&pool, "e1").await, ("done".to_owned(), 2, None));
+    assert_eq!(status(&pool, "e1").await, ("done".to_owned(), 1, None));
     assert_eq!(applied(&pool).await.len(), 2);
 }
 
 #[sqlx::test]
-async fn a_worker_whose_lease_ran_out_cannot_finish_what_another_claimed(pool: PgPool) {
+async fn a_claim_left_idle_longer_than_its_lease_is_ended_by_postgres(pool: PgPool) {
     store(&pool, &["e1"], "dsync.user.created").await;
-    let first = inbox::claim(&pool, 10, Duration::ZERO).await.unwrap();
-    let second = inbox::claim(&pool, 10, Duration::from_secs(600))
+    // A worker claims, then hangs outside the database (a handler waiting on another service).
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!((first[0].attempts, second[0].attempts), (1, 2));
-    let mut conn = pool.acquire().await.unwrap();
-    assert_eq!(
-        inbox::finish(&mut conn, &[(&first[0], Finish::Done)])
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        inbox::finish(&mut conn, &[(&second[0], Finish::Done)])
-            .await
-            .unwrap(),
-        1
+    let mut tx = conn.begin().await.unwrap();
+    let claimed = inbox::claim(&mut tx, 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    // Postgres ends the idle session after the lease; waited for, with a bound.
+    let gone = async {
+        loop {
+            let alive: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                    .bind(pid)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("Postgres ended the session idle past its lease");
+    let worker = Worker::new(pool.clone(), config());
+    let report = worker.run_until_empty().await.unwrap();
+    assert_eq!((report.claimed, report.finished), (1, 1));
+    assert!(
+        tx.commit().await.is_err(),
+        "the hung worker's claim is gone"
     );
 }
 

@@ -12,7 +12,7 @@ pub enum InboxCommand {
     Stats,
     /// The newest rows, without payloads.
     List {
-        /// Only this status: pending, processing, done, ignored or dead.
+        /// Only this status: pending, done, ignored or dead.
         #[arg(long)]
         status: Option<String>,
         /// Only this event type.
@@ -108,8 +108,6 @@ pub async fn run(config: &Config, command: InboxCommand) -> anyhow::Result<()> {
             println!("attempts:     {}", summary.attempts);
             println!("received_at:  {}", summary.received_at.to_rfc3339());
             println!("available_at: {}", row.available_at.to_rfc3339());
-            let lease = row.locked_until.map(|t| t.to_rfc3339()).unwrap_or_default();
-            println!("locked_until: {lease}");
             let finished = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
             println!("finished_at:  {finished}");
             println!(
