@@ -38,7 +38,7 @@ pub async fn insert<'a>(
     sqlx::query_scalar!(
         r#"
         INSERT INTO workos.inbox (id, event, payload)
-        SELECT id, event, payload::json
+        SELECT id, event, payload
         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(id, event, payload)
         ON CONFLICT (id) DO NOTHING
         RETURNING id
@@ -83,7 +83,7 @@ pub async fn claim(
         WITH lease AS (
             SELECT set_config('idle_in_transaction_session_timeout', $2, true)
         )
-        SELECT i.id, i.event, i.payload::text AS "payload!", i.received_at, i.attempts
+        SELECT i.id, i.event, i.payload, i.received_at, i.attempts
         FROM workos.inbox AS i, lease
         WHERE i.finished_at IS NULL AND i.available_at <= now()
         ORDER BY i.available_at
@@ -281,7 +281,7 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
         SELECT id, event, status, attempts, received_at, last_error,
-               payload::text AS "payload!", available_at, finished_at
+               payload, available_at, finished_at
         FROM workos.inbox WHERE id = $1
         "#,
         id
@@ -342,9 +342,9 @@ pub async fn requeue(pool: &PgPool, selection: &Selection) -> Result<u64, sqlx::
               AND (cardinality($2::text[]) = 0 OR id = ANY($2))
               AND ($3::timestamptz IS NULL OR received_at >= $3)
               AND ($4::timestamptz IS NULL OR received_at < $4)
-              AND ($5::text IS NULL OR payload -> 'data' ->> 'directory_id' = $5
+              AND ($5::text IS NULL OR payload::json -> 'data' ->> 'directory_id' = $5
                    OR (event IN ('dsync.activated', 'dsync.deactivated', 'dsync.deleted')
-                       AND payload -> 'data' ->> 'id' = $5))
+                       AND payload::json -> 'data' ->> 'id' = $5))
               AND ($6::text IS NULL OR event = $6)
             RETURNING 1
         )
