@@ -239,7 +239,7 @@ impl Default for IngestConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            batch_size: 500,
+            batch_size: 1000,
             concurrency: 2,
             lease_secs: 60,
             poll_interval_ms: 1_000,

@@ -6,7 +6,7 @@
 //!
 //! A batch is applied set-wise: read and reduced in Rust (`plan`), then written in a handful
 //! of statements (`store`), whatever its size. The worker drains backlogs of tens of thousands
-//! of events a second in batches of hundreds, so per-event round trips would not keep up.
+//! of events a second in batches of a thousand, so per-event round trips would not keep up.
 //!
 //! The rules, in short (the long form is in `docs/SCHEMA.md`):
 //! - a directory, user or group row holds the snapshot of the event with the greatest key

@@ -2,7 +2,7 @@
 //! `directory_groups`, `directory_group_memberships`; see `docs/SCHEMA.md`).
 //!
 //! Every function takes a whole batch and runs one statement (the cascade of memberships one
-//! per source), so a batch of 500 events costs a handful of round trips. Rows are passed as one
+//! per source), so a batch of a thousand events costs a handful of round trips. Rows are passed as one
 //! array per column and read with `UNNEST`: Postgres decodes binary arrays for much less than it
 //! parses the same rows out of a JSON document (BENCHMARKS.md). The `jsonb` columns travel as
 //! JSON text, and so do the `roles` lists, which a two-dimensional array cannot hold when
