@@ -32,10 +32,12 @@ for r in ingest:
     )
 print()
 drain_rate = drain["events"] / drain["seconds"]
-pg64 = by_connections[64][1]
+pg64 = mean(drain["pgbench_tps"])
 print(
     f"Drain: {drain['events']} events ({drain['users']} users) in {drain['seconds']:.2f} s = "
-    f"{drain_rate:.0f} events/s, {drain_rate / pg64:.2f} x pgbench at 64 clients; peak RSS {drain['rss_mb']} MB"
+    f"{drain_rate:.0f} events/s, {drain_rate / pg64:.2f} x pgbench at 64 clients "
+    f"({drain['pgbench_tps'][0]:.0f}, {drain['pgbench_tps'][1]:.0f} tps before and after the drain); "
+    f"peak RSS {drain['rss_mb']} MB"
 )
 run = lag["run"]
 print(
