@@ -25,16 +25,11 @@ pub struct NewDelivery {
 
 /// Inserts deliveries in one statement (one commit) and returns the ids that were new; the
 /// others were already stored. A statement-level trigger wakes the workers.
-pub async fn insert<'a>(
+pub async fn insert(
     pool: &PgPool,
-    deliveries: impl IntoIterator<Item = &'a NewDelivery>,
+    deliveries: &[&NewDelivery],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let (mut ids, mut events, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
-    for delivery in deliveries {
-        ids.push(delivery.id.as_str());
-        events.push(delivery.event.as_str());
-        payloads.push(delivery.payload.as_str());
-    }
+    let (ids, events, payloads) = columns(deliveries);
     sqlx::query_scalar!(
         r#"
         INSERT INTO workos.inbox (id, event, payload)
@@ -49,6 +44,43 @@ pub async fn insert<'a>(
     )
     .fetch_all(pool)
     .await
+}
+
+/// Inserts deliveries that are all new, like [`insert`] but without its check for stored
+/// ones, which costs Postgres about a sixth of the insert. If one is already stored, the
+/// statement fails with a unique violation ([`is_duplicate`]) and stores nothing.
+pub async fn insert_new(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<(), sqlx::Error> {
+    let (ids, events, payloads) = columns(deliveries);
+    sqlx::query!(
+        r#"
+        INSERT INTO workos.inbox (id, event, payload)
+        SELECT id, event, payload
+        FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(id, event, payload)
+        "#,
+        &ids as &[&str],
+        &events as &[&str],
+        &payloads as &[&str],
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether `error` is [`insert_new`] finding a delivery already stored.
+pub fn is_duplicate(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
+}
+
+fn columns<'a>(deliveries: &[&'a NewDelivery]) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+    let mut columns = (Vec::new(), Vec::new(), Vec::new());
+    for delivery in deliveries {
+        columns.0.push(delivery.id.as_str());
+        columns.1.push(delivery.event.as_str());
+        columns.2.push(delivery.payload.as_str());
+    }
+    columns
 }
 
 /// A row a worker has claimed.

@@ -68,6 +68,35 @@ async fn a_redelivery_answers_200_and_stores_nothing_more(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn new_and_stored_events_arriving_together_are_each_answered_for_what_they_are(pool: PgPool) {
+    let app = TestApp::receiver(pool.clone()).await;
+    let ids: Vec<String> = (0..40).map(|n| format!("event_mixed_{n:02}")).collect();
+    for id in ids.iter().step_by(4) {
+        assert_eq!(app.deliver(&user_created(id)).await.status(), 200);
+    }
+    // Retries of the stored ones arrive among new events, in the same commits where they meet.
+    let answers = futures_util::future::join_all(ids.iter().map(|id| {
+        let body = user_created(id);
+        let app = &app;
+        async move {
+            let answer = app.deliver(&body).await;
+            assert_eq!(answer.status(), 200);
+            answer.json::<Value>().await.unwrap()["status"].clone()
+        }
+    }))
+    .await;
+    for (n, status) in answers.iter().enumerate() {
+        let expected = if n % 4 == 0 { "duplicate" } else { "accepted" };
+        assert_eq!(status, expected, "{}", ids[n]);
+    }
+    // And new events after them are stored as usual.
+    let answer = app.deliver(&user_created("event_mixed_after")).await;
+    assert_eq!(answer.json::<Value>().await.unwrap()["status"], "accepted");
+    assert_eq!(inbox(&pool).await.len(), 41);
+    app.stop().await;
+}
+
+#[sqlx::test]
 async fn every_event_type_is_stored_dsync_or_not(pool: PgPool) {
     let app = TestApp::receiver(pool.clone()).await;
     let names: Vec<String> = std::fs::read_dir(sample_path(""))

@@ -69,6 +69,7 @@ async fn store(pool: &PgPool, ids: &[&str], event: &str) {
             payload: format!(r#"{{"id":"{id}","event":"{event}","data":{{}}}}"#),
         })
         .collect();
+    let deliveries: Vec<&inbox::NewDelivery> = deliveries.iter().collect();
     inbox::insert(pool, &deliveries).await.unwrap();
 }
 
