@@ -98,8 +98,18 @@ pub struct Claimed {
     pub attempts: i32,
 }
 
-/// Claims up to `limit` available rows, oldest first, for the transaction `conn` is in: the
-/// rows stay locked until it ends, and other workers skip them. Nothing is written.
+/// Which end of the inbox a claim takes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOrder {
+    /// The rows that have been due longest.
+    OldestFirst,
+    /// The rows that became due last. A second claim loop takes from this end of a backlog,
+    /// so that neither loop's claim wades through the rows the other holds locked.
+    NewestFirst,
+}
+
+/// Claims up to `limit` available rows, from the `order` end, for the transaction `conn` is
+/// in: the rows stay locked until it ends, and other workers skip them. Nothing is written.
 ///
 /// `lease` bounds how long the transaction may then sit idle (a handler stuck outside the
 /// database) before Postgres ends the session, which releases the rows to other workers.
@@ -107,26 +117,51 @@ pub async fn claim(
     conn: &mut PgConnection,
     limit: i64,
     lease: Duration,
+    order: ClaimOrder,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let lease_ms = lease.as_millis().to_string();
-    sqlx::query_as!(
-        Claimed,
-        r#"
-        WITH lease AS (
-            SELECT set_config('idle_in_transaction_session_timeout', $2, true)
-        )
-        SELECT i.id, i.event, i.payload, i.received_at, i.attempts
-        FROM workos.inbox AS i, lease
-        WHERE i.finished_at IS NULL AND i.available_at <= now()
-        ORDER BY i.available_at
-        LIMIT $1
-        FOR UPDATE OF i SKIP LOCKED
-        "#,
-        limit,
-        lease_ms,
-    )
-    .fetch_all(conn)
-    .await
+    match order {
+        ClaimOrder::OldestFirst => {
+            sqlx::query_as!(
+                Claimed,
+                r#"
+                WITH lease AS (
+                    SELECT set_config('idle_in_transaction_session_timeout', $2, true)
+                )
+                SELECT i.id, i.event, i.payload, i.received_at, i.attempts
+                FROM workos.inbox AS i, lease
+                WHERE i.finished_at IS NULL AND i.available_at <= now()
+                ORDER BY i.available_at
+                LIMIT $1
+                FOR UPDATE OF i SKIP LOCKED
+                "#,
+                limit,
+                lease_ms,
+            )
+            .fetch_all(conn)
+            .await
+        }
+        ClaimOrder::NewestFirst => {
+            sqlx::query_as!(
+                Claimed,
+                r#"
+                WITH lease AS (
+                    SELECT set_config('idle_in_transaction_session_timeout', $2, true)
+                )
+                SELECT i.id, i.event, i.payload, i.received_at, i.attempts
+                FROM workos.inbox AS i, lease
+                WHERE i.finished_at IS NULL AND i.available_at <= now()
+                ORDER BY i.available_at DESC
+                LIMIT $1
+                FOR UPDATE OF i SKIP LOCKED
+                "#,
+                limit,
+                lease_ms,
+            )
+            .fetch_all(conn)
+            .await
+        }
+    }
 }
 
 /// How an applied row ends.

@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::config::WorkerConfig;
 use crate::handler::{Event, EventHandler, HandlerError};
-use crate::inbox::{self, Claimed, Finish};
+use crate::inbox::{self, ClaimOrder, Claimed, Finish};
 use crate::metrics::Metrics;
 
 /// The channel the inbox trigger notifies on.
@@ -80,11 +80,16 @@ impl Worker {
         self
     }
 
-    /// Claims one batch, applies it and commits; an empty report when nothing was due.
+    /// Claims one batch (the oldest events), applies it and commits; an empty report when
+    /// nothing was due.
     pub async fn run_once(&self) -> Result<BatchReport, sqlx::Error> {
+        self.run_batch(ClaimOrder::OldestFirst).await
+    }
+
+    async fn run_batch(&self, order: ClaimOrder) -> Result<BatchReport, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let lease = Duration::from_secs(self.config.lease_secs);
-        let claimed = inbox::claim(&mut tx, self.config.batch_size.into(), lease).await?;
+        let claimed = inbox::claim(&mut tx, self.config.batch_size.into(), lease, order).await?;
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(BatchReport::default());
@@ -124,9 +129,16 @@ impl Worker {
         let listening = tokio::spawn(listen(self.pool.clone(), wake.clone(), shutdown.clone()));
         let loops: Vec<_> = (0..self.config.concurrency.max(1))
             .map(|index| {
+                // Every other loop takes from the newest end, so that through a backlog two
+                // loops do not claim past each other's locked rows.
+                let order = if index % 2 == 0 {
+                    ClaimOrder::OldestFirst
+                } else {
+                    ClaimOrder::NewestFirst
+                };
                 tokio::spawn(
                     self.clone()
-                        .drain(index == 0, wake.clone(), shutdown.clone()),
+                        .drain(index == 0, order, wake.clone(), shutdown.clone()),
                 )
             })
             .collect();
@@ -140,7 +152,13 @@ impl Worker {
     /// One claim loop. Several run side by side: each has a database connection of its own,
     /// so one loop claims and writes while the other's batch is in Postgres. The first one
     /// also deletes expired rows.
-    async fn drain(self, sweeps: bool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    async fn drain(
+        self,
+        sweeps: bool,
+        order: ClaimOrder,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         let retention_interval = Duration::from_secs(self.config.retention_interval_secs);
@@ -161,7 +179,7 @@ impl Worker {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let batch = self.run_once();
+            let batch = self.run_batch(order);
             tokio::pin!(batch);
             let outcome = tokio::select! {
                 outcome = &mut batch => outcome,

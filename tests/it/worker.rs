@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dsyncd::config::WorkerConfig;
-use dsyncd::inbox;
+use dsyncd::inbox::{self, ClaimOrder};
 use dsyncd::worker::Worker;
 use dsyncd::{Event, EventHandler, HandlerError, Role};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -187,9 +187,14 @@ async fn a_claim_holds_its_events_until_its_transaction_ends(pool: PgPool) {
         .await
         .unwrap();
     let mut tx = conn.begin().await.unwrap();
-    let claimed = inbox::claim(&mut tx, 10, Duration::from_secs(600))
-        .await
-        .unwrap();
+    let claimed = inbox::claim(
+        &mut tx,
+        10,
+        Duration::from_secs(600),
+        ClaimOrder::OldestFirst,
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 2);
     let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
     assert_eq!(worker.run_until_empty().await.unwrap().claimed, 0);
@@ -203,6 +208,38 @@ async fn a_claim_holds_its_events_until_its_transaction_ends(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn claims_take_from_the_end_they_are_asked_for_and_skip_each_others_rows(pool: PgPool) {
+    store(&pool, &["e1", "e2", "e3"], "dsync.user.created").await;
+    // Due one second apart, e1 first.
+    sqlx::query(
+        "UPDATE workos.inbox
+         SET available_at = now() - interval '1 minute' + substr(id, 2)::int * interval '1 second'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(60);
+    let mut oldest = pool.begin().await.unwrap();
+    let mut newest = pool.begin().await.unwrap();
+    let first = inbox::claim(&mut oldest, 1, lease, ClaimOrder::OldestFirst)
+        .await
+        .unwrap();
+    let last = inbox::claim(&mut newest, 1, lease, ClaimOrder::NewestFirst)
+        .await
+        .unwrap();
+    assert_eq!((first[0].id.as_str(), last[0].id.as_str()), ("e1", "e3"));
+    // A third claim skips what the two hold, from either end.
+    let mut third = pool.begin().await.unwrap();
+    let rest = inbox::claim(&mut third, 10, lease, ClaimOrder::NewestFirst)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|row| row.id.as_str()).collect::<Vec<_>>(),
+        ["e2"]
+    );
+}
+
+#[sqlx::test]
 async fn a_claim_left_idle_longer_than_its_lease_is_ended_by_postgres(pool: PgPool) {
     store(&pool, &["e1"], "dsync.user.created").await;
     // A worker claims, then hangs outside the database (a handler waiting on another service).
@@ -212,9 +249,14 @@ async fn a_claim_left_idle_longer_than_its_lease_is_ended_by_postgres(pool: PgPo
         .await
         .unwrap();
     let mut tx = conn.begin().await.unwrap();
-    let claimed = inbox::claim(&mut tx, 10, Duration::from_millis(200))
-        .await
-        .unwrap();
+    let claimed = inbox::claim(
+        &mut tx,
+        10,
+        Duration::from_millis(200),
+        ClaimOrder::NewestFirst,
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 1);
 
     // Postgres ends the idle session after the lease; waited for, with a bound.
