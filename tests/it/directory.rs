@@ -321,6 +321,35 @@ async fn an_inactive_user_is_stored_as_inactive_not_deleted(pool: PgPool) -> any
     Ok(())
 }
 
+#[sqlx::test]
+async fn role_slugs_are_stored_exactly_whatever_they_contain(pool: PgPool) -> anyhow::Result<()> {
+    let slugs = ["member", "a\"b", "c\\d", "{e,f}", " g ", "NULL", "", "ü,ñ"];
+    let roles: Vec<Value> = slugs.iter().map(|slug| json!({"slug": slug})).collect();
+    let user = |at: &str, roles: Value| {
+        Body::example("dsync.user.updated")
+            .at(at)
+            .set("/data/roles", roles)
+            .event()
+    };
+    let stored = || async {
+        sqlx::query_scalar::<_, Option<Vec<String>>>(
+            "SELECT roles FROM workos.directory_users WHERE id = $1",
+        )
+        .bind(USER)
+        .fetch_one(&pool)
+        .await
+    };
+    apply(&pool, &[user("2030-01-01T00:00:01.000Z", json!(roles))]).await?;
+    assert_eq!(stored().await?, Some(slugs.map(str::to_owned).to_vec()));
+
+    // An empty list stays an empty list; no list is NULL.
+    apply(&pool, &[user("2030-01-01T00:00:02.000Z", json!([]))]).await?;
+    assert_eq!(stored().await?, Some(Vec::new()));
+    apply(&pool, &[user("2030-01-01T00:00:03.000Z", Value::Null)]).await?;
+    assert_eq!(stored().await?, None);
+    Ok(())
+}
+
 // ---- Memberships ----
 
 #[sqlx::test]
