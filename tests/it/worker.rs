@@ -165,6 +165,16 @@ async fn a_rejected_event_is_dead_at_once(pool: PgPool) {
     assert_eq!(status(&pool, "e1").await.0, "done");
 }
 
+/// A session of its own, as another worker process has, and its backend's pid.
+async fn own_session(pool: &PgPool) -> (PgConnection, i32) {
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let pid = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    (conn, pid)
+}
+
 /// Ends the session `pid` and waits until it is gone, as Postgres does when a worker's process
 /// dies or its lease runs out.
 async fn end_session(pool: &PgPool, pid: i32) {
@@ -181,11 +191,7 @@ async fn a_claim_holds_its_events_until_its_transaction_ends(pool: PgPool) {
     prepare(&pool).await;
     store(&pool, &["e1", "e2"], "dsync.user.created").await;
     // A worker claims and dies mid-batch: while its session lives, nobody else takes the events.
-    let mut conn = pool.acquire().await.unwrap().detach();
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, pid) = own_session(&pool).await;
     let mut tx = conn.begin().await.unwrap();
     let claimed = inbox::claim(
         &mut tx,
@@ -243,11 +249,7 @@ async fn claims_take_from_the_end_they_are_asked_for_and_skip_each_others_rows(p
 async fn a_claim_left_idle_longer_than_its_lease_is_ended_by_postgres(pool: PgPool) {
     store(&pool, &["e1"], "dsync.user.created").await;
     // A worker claims, then hangs outside the database (a handler waiting on another service).
-    let mut conn = pool.acquire().await.unwrap().detach();
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, pid) = own_session(&pool).await;
     let mut tx = conn.begin().await.unwrap();
     let claimed = inbox::claim(
         &mut tx,
