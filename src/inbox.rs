@@ -49,7 +49,10 @@ pub async fn insert(
 /// Inserts deliveries that are all new, like [`insert`] but without its check for stored
 /// ones, which costs Postgres about a sixth of the insert. If one is already stored, the
 /// statement fails with a unique violation ([`is_duplicate`]) and stores nothing.
-pub async fn insert_new(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_new(
+    pool: &PgPool,
+    deliveries: &[&NewDelivery],
+) -> Result<(), sqlx::Error> {
     let (ids, events, payloads) = columns(deliveries);
     sqlx::query!(
         r#"
@@ -67,7 +70,7 @@ pub async fn insert_new(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<()
 }
 
 /// Whether `error` is [`insert_new`] finding a delivery already stored.
-pub fn is_duplicate(error: &sqlx::Error) -> bool {
+pub(crate) fn is_duplicate(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .is_some_and(|error| error.is_unique_violation())
@@ -120,47 +123,35 @@ pub async fn claim(
     order: ClaimOrder,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let lease_ms = lease.as_millis().to_string();
+    // One statement, two sort orders: a checked query cannot take its `ORDER BY` direction as a
+    // parameter, and a `CASE` there would lose the index's order.
+    macro_rules! claim {
+        ($order:literal) => {
+            sqlx::query_as!(
+                Claimed,
+                r#"
+                WITH lease AS (
+                    SELECT set_config('idle_in_transaction_session_timeout', $2, true)
+                )
+                SELECT i.id, i.event, i.payload, i.received_at, i.attempts
+                FROM workos.inbox AS i, lease
+                WHERE i.finished_at IS NULL AND i.available_at <= now()
+                ORDER BY i.available_at "#
+                    + $order
+                    + r#"
+                LIMIT $1
+                FOR UPDATE OF i SKIP LOCKED
+                "#,
+                limit,
+                lease_ms,
+            )
+            .fetch_all(conn)
+            .await
+        };
+    }
     match order {
-        ClaimOrder::OldestFirst => {
-            sqlx::query_as!(
-                Claimed,
-                r#"
-                WITH lease AS (
-                    SELECT set_config('idle_in_transaction_session_timeout', $2, true)
-                )
-                SELECT i.id, i.event, i.payload, i.received_at, i.attempts
-                FROM workos.inbox AS i, lease
-                WHERE i.finished_at IS NULL AND i.available_at <= now()
-                ORDER BY i.available_at
-                LIMIT $1
-                FOR UPDATE OF i SKIP LOCKED
-                "#,
-                limit,
-                lease_ms,
-            )
-            .fetch_all(conn)
-            .await
-        }
-        ClaimOrder::NewestFirst => {
-            sqlx::query_as!(
-                Claimed,
-                r#"
-                WITH lease AS (
-                    SELECT set_config('idle_in_transaction_session_timeout', $2, true)
-                )
-                SELECT i.id, i.event, i.payload, i.received_at, i.attempts
-                FROM workos.inbox AS i, lease
-                WHERE i.finished_at IS NULL AND i.available_at <= now()
-                ORDER BY i.available_at DESC
-                LIMIT $1
-                FOR UPDATE OF i SKIP LOCKED
-                "#,
-                limit,
-                lease_ms,
-            )
-            .fetch_all(conn)
-            .await
-        }
+        ClaimOrder::OldestFirst => claim!("ASC"),
+        ClaimOrder::NewestFirst => claim!("DESC"),
     }
 }
 
