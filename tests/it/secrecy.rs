@@ -77,6 +77,9 @@ async fn secrets_and_directory_data_stay_out_of_logs_and_error_responses(pool: P
         .with_writer(move || writer.clone())
         .finish();
     let _logging = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have met a callsite first, while no subscriber wanted it, and
+    // tracing caches that "never": recompute every callsite's interest with this one in place.
+    tracing::callsite::rebuild_interest_cache();
 
     let mut config = TestApp::config();
     config.server.body_limit_bytes = 4096;
