@@ -12,8 +12,10 @@
 //! - a directory, user or group row holds the snapshot of the event with the greatest key
 //!   `(data.updated_at, rank, event id)`, rank 2 for deletions, 1 for `dsync.deactivated`;
 //! - a membership row is decided by its newest membership event, by `(created_at, event id)`;
-//! - deletions are soft and cascade (directory to everything in it, user and group to their
-//!   memberships) onto rows not newer than the deletion, whichever arrives first.
+//! - a deletion is dated by its envelope's `created_at` (the object it carries is as it last
+//!   was), kept as a tombstone, and cascades whichever arrives first: a deleted directory takes
+//!   everything in it, for good; a deleted user or group takes the memberships decided at or
+//!   before its deletion.
 
 mod model;
 mod plan;
@@ -116,21 +118,30 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<usize, sqlx::Erro
         .unzip();
     store::lock_directories(conn, &directory_ids, &exclusive).await?;
 
-    // Directories first, then users and groups, then memberships: each upsert looks up the
-    // tombstones the earlier ones may have written. The cascades come last and catch the rows
-    // that were already there.
+    // Tombstones first: every upsert reads them. Then directories, users and groups, then
+    // memberships. The cascades come last and catch the rows that were already there.
+    let tombstones = store::upsert_tombstones(
+        conn,
+        &plan.deleted_directories,
+        &plan.deleted_users,
+        &plan.deleted_groups,
+    )
+    .await?;
     let mut changes = store::upsert_directories(conn, &plan.directories).await?;
     changes.extend(store::upsert_users(conn, &plan.users).await?);
     changes.extend(store::upsert_groups(conn, &plan.groups).await?);
     changes.extend(store::upsert_memberships(conn, &plan.memberships).await?);
-    changes.extend(store::cascade_to_users(conn, &plan.deleted_directories).await?);
-    changes.extend(store::cascade_to_groups(conn, &plan.deleted_directories).await?);
+    changes.extend(store::cascade_to_directories(conn, &tombstones.directories).await?);
+    changes
+        .extend(store::cascade_to_users(conn, &tombstones.directories, &tombstones.users).await?);
+    changes
+        .extend(store::cascade_to_groups(conn, &tombstones.directories, &tombstones.groups).await?);
     changes.extend(
         store::cascade_to_memberships(
             conn,
-            &plan.deleted_users,
-            &plan.deleted_groups,
-            &plan.deleted_directories,
+            &tombstones.users,
+            &tombstones.groups,
+            &tombstones.directories,
         )
         .await?,
     );

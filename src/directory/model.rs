@@ -110,6 +110,20 @@ pub(crate) struct MembershipKey<'a> {
     pub(crate) event_id: &'a str,
 }
 
+/// What a deletion event says: when its object went, and how far back the deletion reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deletion {
+    /// The deletion time: the envelope's `created_at` (when WorkOS recorded the deletion),
+    /// else the object's `data.updated_at` (very old deliveries have no `created_at`). Not
+    /// `data.updated_at` first: a deletion carries the object as it last was, so that is its
+    /// last change, often long before the deletion.
+    pub(crate) at: DateTime<Utc>,
+    /// Memberships decided at or before this time go with a deleted user or group: the
+    /// envelope's `created_at`, or `None` for a deletion without one, which takes every
+    /// membership (its real time is unknown). Directories take everything under them anyway.
+    pub(crate) reaches: Option<DateTime<Utc>>,
+}
+
 // ---- What WorkOS sends ----
 
 /// `data` of `dsync.activated`, `dsync.deactivated` and `dsync.deleted`.
@@ -215,9 +229,9 @@ pub(crate) struct DirectoryRow {
     pub(crate) domains: Option<Vec<Domain>>,
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) updated_at: DateTime<Utc>,
-    /// The row's own deletion time (`updated_at` of a `dsync.deleted`); the store may lower it
-    /// to an earlier tombstone, never raise it.
-    pub(crate) deleted_at: Option<DateTime<Utc>>,
+    /// Set when the event is `dsync.deleted`. The row's `deleted_at` comes from the
+    /// directory's tombstone, which holds the earliest of its deletions.
+    pub(crate) deletion: Option<Deletion>,
     pub(crate) last_event_id: String,
     pub(crate) last_event: EventKind,
 }
@@ -243,8 +257,8 @@ pub(crate) struct UserRow {
     pub(crate) raw_attributes: Option<RawJson>,
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) updated_at: DateTime<Utc>,
-    /// The row's own deletion time (see [`DirectoryRow::deleted_at`]).
-    pub(crate) deleted_at: Option<DateTime<Utc>>,
+    /// Set when the event deletes the object (see [`DirectoryRow::deletion`]).
+    pub(crate) deletion: Option<Deletion>,
     pub(crate) last_event_id: String,
     pub(crate) last_event: EventKind,
 }
@@ -260,8 +274,8 @@ pub(crate) struct GroupRow {
     pub(crate) raw_attributes: Option<RawJson>,
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) updated_at: DateTime<Utc>,
-    /// The row's own deletion time (see [`DirectoryRow::deleted_at`]).
-    pub(crate) deleted_at: Option<DateTime<Utc>>,
+    /// Set when the event deletes the object (see [`DirectoryRow::deletion`]).
+    pub(crate) deletion: Option<Deletion>,
     pub(crate) last_event_id: String,
     pub(crate) last_event: EventKind,
 }
@@ -383,7 +397,7 @@ impl Fields<'_> {
             domains: data.domains,
             created_at: optional_timestamp(data.created_at),
             updated_at,
-            deleted_at: kind.is_deletion().then_some(updated_at),
+            deletion: self.deletion(kind, updated_at),
             last_event_id: self.event.id.clone(),
             last_event: kind,
         })
@@ -421,7 +435,7 @@ impl Fields<'_> {
             raw_attributes: data.raw_attributes,
             created_at: optional_timestamp(data.created_at),
             updated_at,
-            deleted_at: kind.is_deletion().then_some(updated_at),
+            deletion: self.deletion(kind, updated_at),
             last_event_id: self.event.id.clone(),
             last_event: kind,
         })
@@ -443,9 +457,18 @@ impl Fields<'_> {
             raw_attributes: data.raw_attributes,
             created_at: optional_timestamp(data.created_at),
             updated_at,
-            deleted_at: kind.is_deletion().then_some(updated_at),
+            deletion: self.deletion(kind, updated_at),
             last_event_id: self.event.id.clone(),
             last_event: kind,
+        })
+    }
+
+    /// The deletion an event of `kind` about an object last changed at `updated_at` makes.
+    fn deletion(&self, kind: EventKind, updated_at: DateTime<Utc>) -> Option<Deletion> {
+        let created_at = self.event.created_at.map(truncate_to_micros);
+        kind.is_deletion().then(|| Deletion {
+            at: created_at.unwrap_or(updated_at),
+            reaches: created_at,
         })
     }
 
@@ -651,27 +674,57 @@ mod tests {
         // Postgres keeps microseconds: the key must be the same in Rust and in SQL.
         assert_eq!(user.updated_at, at("2021-06-26T08:00:00.123456Z"));
         // `state: inactive` is a state, not a deletion.
-        assert_eq!(user.deleted_at, None);
+        assert_eq!(user.deletion, None);
         assert_eq!(user.last_event_id, "event_1");
         assert_eq!(user.last_event, EventKind::UserUpdated);
     }
 
     #[test]
-    fn a_deletion_event_deletes_at_its_updated_at() {
+    fn a_deletion_is_dated_by_its_envelope_not_by_the_object_it_carries() {
+        // As WorkOS sends it: the user as it last was, long before the deletion.
         let Snapshot::User(user) = read("dsync.user.deleted", user_json()).unwrap() else {
             panic!("not a user");
         };
-        assert_eq!(user.deleted_at, Some(user.updated_at));
+        let deleted = at("2021-06-28T08:00:00Z");
+        assert_eq!(user.updated_at, at("2021-06-26T08:00:00.123456Z"));
+        assert_eq!(
+            user.deletion,
+            Some(Deletion {
+                at: deleted,
+                reaches: Some(deleted)
+            })
+        );
         let directory = serde_json::json!({
             "id": "directory_1", "state": "deleting", "type": "okta scim v2.0",
-            "updated_at": "2021-07-01T10:00:00Z"
+            "created_at": "2021-06-25T19:07:33.155Z", "updated_at": "2021-06-25T19:07:33.155Z"
         });
         let Snapshot::Directory(row) = read("dsync.deleted", directory).unwrap() else {
             panic!("not a directory");
         };
-        assert_eq!(row.deleted_at, Some(at("2021-07-01T10:00:00Z")));
+        assert_eq!(row.deletion.map(|deletion| deletion.at), Some(deleted));
         assert_eq!(row.directory_type.as_deref(), Some("okta scim v2.0"));
         assert_eq!(row.domains, None);
+    }
+
+    #[test]
+    fn a_deletion_without_created_at_is_dated_by_updated_at_and_reaches_everything() {
+        // The quick start's own `dsync.user.deleted`: a `wh_` id and no `created_at`.
+        let body = serde_json::json!({
+            "id": "wh_09FKJ843CVE8F7BXQSPFH0M53V",
+            "event": "dsync.user.deleted",
+            "data": user_json(),
+        });
+        let event = Event::from_payload(&body.to_string()).unwrap();
+        let Snapshot::User(user) = read_snapshot(&event, EventKind::UserDeleted).unwrap() else {
+            panic!("not a user");
+        };
+        assert_eq!(
+            user.deletion,
+            Some(Deletion {
+                at: user.updated_at,
+                reaches: None
+            })
+        );
     }
 
     #[test]
@@ -688,7 +741,7 @@ mod tests {
             serde_json::to_value(&row.domains).unwrap(),
             serde_json::json!([{"id": "od_1", "domain": "foo.com"}])
         );
-        assert_eq!(row.deleted_at, None);
+        assert_eq!(row.deletion, None);
     }
 
     #[test]
@@ -710,7 +763,7 @@ mod tests {
         assert_eq!(membership.updated_at, at("2021-06-28T08:00:00Z"));
         assert_eq!(membership.deleted_at, Some(membership.updated_at));
         assert_eq!(change.user.last_event, EventKind::GroupUserRemoved);
-        assert_eq!(change.user.deleted_at, None);
+        assert_eq!(change.user.deletion, None);
         assert_eq!(change.group.last_event_id, "event_1");
     }
 

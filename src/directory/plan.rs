@@ -5,21 +5,45 @@
 //! one with the greatest ordering key, which is also the one that would win if the events were
 //! applied one by one. Pure, so the reduction is unit-tested here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
 use super::model::{
-    read_snapshot, DirectoryRow, EventKind, GroupRow, MembershipRow, Snapshot, UserRow,
+    read_snapshot, Deletion, DirectoryRow, EventKind, GroupRow, MembershipRow, Snapshot, UserRow,
 };
 use crate::handler::{Event, HandlerError};
 
-/// A deletion to cascade: everything under the object with `updated_at <= deleted_at` is
-/// deleted at `deleted_at` (or earlier, if it already was).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// An object's deletions, merged: what `workos.tombstones` keeps of them. Everything under a
+/// directory goes with it; a user's or group's memberships decided at or before
+/// `cascades_until` go with it (all of them when it is `None`). Each goes at `deleted_at`,
+/// unless it went earlier.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Tombstone {
     pub(crate) id: String,
+    /// The earliest deletion time.
     pub(crate) deleted_at: DateTime<Utc>,
+    /// The furthest reach; `None` is every membership.
+    pub(crate) cascades_until: Option<DateTime<Utc>>,
+}
+
+impl Tombstone {
+    fn new(id: &str, deletion: Deletion) -> Tombstone {
+        Tombstone {
+            id: id.to_owned(),
+            deleted_at: deletion.at,
+            cascades_until: deletion.reaches,
+        }
+    }
+
+    /// Takes in another deletion of the same object: the earliest time, the furthest reach.
+    fn merge(&mut self, other: Tombstone) {
+        self.deleted_at = self.deleted_at.min(other.deleted_at);
+        self.cascades_until = match (self.cascades_until, other.cascades_until) {
+            (Some(mine), Some(theirs)) => Some(mine.max(theirs)),
+            _ => None,
+        };
+    }
 }
 
 /// The reduced changes of a batch, each list sorted by id so that concurrent batches lock rows
@@ -30,11 +54,11 @@ pub(crate) struct Plan {
     pub(crate) users: Vec<UserRow>,
     pub(crate) groups: Vec<GroupRow>,
     pub(crate) memberships: Vec<MembershipRow>,
-    /// From `dsync.deleted`: cascades to the directory's users, groups and memberships.
+    /// From `dsync.deleted`: the directory and everything in it go.
     pub(crate) deleted_directories: Vec<Tombstone>,
-    /// From `dsync.user.deleted`: cascades to the user's memberships.
+    /// From `dsync.user.deleted`: the user and its memberships go.
     pub(crate) deleted_users: Vec<Tombstone>,
-    /// From `dsync.group.deleted`: cascades to the group's memberships.
+    /// From `dsync.group.deleted`: the group and its memberships go.
     pub(crate) deleted_groups: Vec<Tombstone>,
     /// Every directory the batch writes under, and whether the batch deletes something in it
     /// (see `store::lock_directories`).
@@ -67,9 +91,9 @@ struct Reduction {
     users: BTreeMap<String, UserRow>,
     groups: BTreeMap<String, GroupRow>,
     memberships: BTreeMap<(String, String), MembershipRow>,
-    deleted_directories: BTreeSet<Tombstone>,
-    deleted_users: BTreeSet<Tombstone>,
-    deleted_groups: BTreeSet<Tombstone>,
+    deleted_directories: BTreeMap<String, Tombstone>,
+    deleted_users: BTreeMap<String, Tombstone>,
+    deleted_groups: BTreeMap<String, Tombstone>,
     directory_locks: BTreeMap<String, bool>,
 }
 
@@ -95,13 +119,15 @@ impl Reduction {
     }
 
     fn add_directory(&mut self, row: DirectoryRow) {
-        if let Some(deleted_at) = row.deleted_at {
-            self.deleted_directories.insert(Tombstone {
-                id: row.id.clone(),
-                deleted_at,
-            });
+        if let Some(deletion) = row.deletion {
+            // A directory takes everything under it, whenever it changed.
+            let deletion = Deletion {
+                reaches: None,
+                ..deletion
+            };
+            add_tombstone(&mut self.deleted_directories, &row.id, deletion);
         }
-        self.lock(&row.id, row.deleted_at.is_some());
+        self.lock(&row.id, row.deletion.is_some());
         keep_greatest(&mut self.directories, row.id.clone(), row, |old, new| {
             new.key() > old.key()
         });
@@ -110,26 +136,20 @@ impl Reduction {
     fn add_user(&mut self, row: UserRow) {
         // Every deletion cascades, even one that loses to a newer snapshot: applied one by
         // one, it would have cascaded when it arrived.
-        if let Some(deleted_at) = row.deleted_at {
-            self.deleted_users.insert(Tombstone {
-                id: row.id.clone(),
-                deleted_at,
-            });
+        if let Some(deletion) = row.deletion {
+            add_tombstone(&mut self.deleted_users, &row.id, deletion);
         }
-        self.lock(&row.directory_id, row.deleted_at.is_some());
+        self.lock(&row.directory_id, row.deletion.is_some());
         keep_greatest(&mut self.users, row.id.clone(), row, |old, new| {
             new.key() > old.key()
         });
     }
 
     fn add_group(&mut self, row: GroupRow) {
-        if let Some(deleted_at) = row.deleted_at {
-            self.deleted_groups.insert(Tombstone {
-                id: row.id.clone(),
-                deleted_at,
-            });
+        if let Some(deletion) = row.deletion {
+            add_tombstone(&mut self.deleted_groups, &row.id, deletion);
         }
-        self.lock(&row.directory_id, row.deleted_at.is_some());
+        self.lock(&row.directory_id, row.deletion.is_some());
         keep_greatest(&mut self.groups, row.id.clone(), row, |old, new| {
             new.key() > old.key()
         });
@@ -149,11 +169,21 @@ impl Reduction {
             users: self.users.into_values().collect(),
             groups: self.groups.into_values().collect(),
             memberships: self.memberships.into_values().collect(),
-            deleted_directories: self.deleted_directories.into_iter().collect(),
-            deleted_users: self.deleted_users.into_iter().collect(),
-            deleted_groups: self.deleted_groups.into_iter().collect(),
+            deleted_directories: self.deleted_directories.into_values().collect(),
+            deleted_users: self.deleted_users.into_values().collect(),
+            deleted_groups: self.deleted_groups.into_values().collect(),
             directory_locks: self.directory_locks,
         }
+    }
+}
+
+fn add_tombstone(tombstones: &mut BTreeMap<String, Tombstone>, id: &str, deletion: Deletion) {
+    let tombstone = Tombstone::new(id, deletion);
+    match tombstones.entry(tombstone.id.clone()) {
+        std::collections::btree_map::Entry::Vacant(entry) => {
+            entry.insert(tombstone);
+        }
+        std::collections::btree_map::Entry::Occupied(mut entry) => entry.get_mut().merge(tombstone),
     }
 }
 
@@ -306,6 +336,56 @@ mod tests {
         assert_eq!(
             plan.directory_locks,
             BTreeMap::from([("directory_1".into(), false)])
+        );
+    }
+
+    #[test]
+    fn several_deletions_of_an_object_keep_the_earliest_time_and_the_furthest_reach() {
+        let deleted = |id: &str, created_at: Option<&str>| {
+            let mut body = json!({"id": id, "event": "dsync.user.deleted",
+                                  "data": user("u1", "2021-01-01T00:00:00Z", "gone")});
+            if let Some(created_at) = created_at {
+                body["created_at"] = created_at.into();
+            }
+            Event::from_payload(&body.to_string()).unwrap()
+        };
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        let merged = plan(&[
+            deleted("e2", Some("2021-01-05T00:00:00Z")),
+            deleted("e1", Some("2021-01-03T00:00:00Z")),
+        ]);
+        assert_eq!(
+            merged.deleted_users,
+            [Tombstone {
+                id: "u1".into(),
+                deleted_at: at("2021-01-03T00:00:00Z"),
+                cascades_until: Some(at("2021-01-05T00:00:00Z")),
+            }]
+        );
+        // Without `created_at` a deletion is dated by `updated_at` and reaches everything.
+        let legacy = plan(&[
+            deleted("e2", Some("2021-01-05T00:00:00Z")),
+            deleted("wh_1", None),
+        ]);
+        assert_eq!(
+            legacy.deleted_users[0].deleted_at,
+            at("2021-01-01T00:00:00Z")
+        );
+        assert_eq!(legacy.deleted_users[0].cascades_until, None);
+    }
+
+    #[test]
+    fn a_directory_deletion_reaches_everything_under_it() {
+        let body = json!({"id": "e1", "event": "dsync.deleted", "created_at": "2021-01-09T00:00:00Z",
+                          "data": {"id": "directory_1", "updated_at": "2021-01-01T00:00:00Z"}});
+        let deleted = plan(&[Event::from_payload(&body.to_string()).unwrap()]);
+        assert_eq!(
+            deleted.deleted_directories,
+            [Tombstone {
+                id: "directory_1".into(),
+                deleted_at: "2021-01-09T00:00:00Z".parse().unwrap(),
+                cascades_until: None,
+            }]
         );
     }
 

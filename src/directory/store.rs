@@ -88,7 +88,8 @@ pub(crate) async fn lock_directories(
     Ok(())
 }
 
-/// Upserts directory snapshots (one per id) where their key beats the stored row's.
+/// Upserts directory snapshots (one per id) where their key beats the stored row's. A deleted
+/// directory stays deleted, at its tombstone's time, whatever snapshot wins.
 pub(crate) async fn upsert_directories(
     conn: &mut PgConnection,
     rows: &[DirectoryRow],
@@ -105,7 +106,6 @@ pub(crate) async fn upsert_directories(
     let domains = column(rows, |row| json_text(&row.domains));
     let created_ats = column(rows, |row| row.created_at);
     let updated_ats = column(rows, |row| row.updated_at);
-    let deleted_ats = column(rows, |row| row.deleted_at);
     let last_event_ids = column(rows, |row| row.last_event_id.as_str());
     let last_events = column(rows, |row| row.last_event.event_type());
     let changed = sqlx::query!(
@@ -115,14 +115,16 @@ pub(crate) async fn upsert_directories(
             created_at, updated_at, deleted_at, last_event_id, last_event
         )
         SELECT x.id, x.organization_id, x.name, x.type, x.state, x.external_key,
-               x.domains::jsonb, x.created_at, x.updated_at, x.deleted_at, x.last_event_id,
-               x.last_event
+               x.domains::jsonb, x.created_at, x.updated_at,
+               (SELECT t.deleted_at FROM workos.tombstones t
+                WHERE t.kind = 'directory' AND t.id = x.id),
+               x.last_event_id, x.last_event
         FROM UNNEST(
             $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[]
+            $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[]
         ) AS x(
             id, organization_id, name, type, state, external_key, domains,
-            created_at, updated_at, deleted_at, last_event_id, last_event
+            created_at, updated_at, last_event_id, last_event
         )
         ON CONFLICT (id) DO UPDATE SET
             organization_id = EXCLUDED.organization_id,
@@ -150,7 +152,6 @@ pub(crate) async fn upsert_directories(
         &domains as &[Option<String>],
         &created_ats as &[Option<DateTime<Utc>>],
         &updated_ats,
-        &deleted_ats as &[Option<DateTime<Utc>>],
         &last_event_ids as &[&str],
         &last_events as &[&str],
     )
@@ -165,9 +166,10 @@ pub(crate) async fn upsert_directories(
         .collect())
 }
 
-/// Upserts user snapshots (one per id) where their key beats the stored row's. A user of a
-/// deleted directory is written deleted if the directory's deletion is not older than the
-/// snapshot: the cascade would have deleted it, had the user been there first.
+/// Upserts user snapshots (one per id) where their key beats the stored row's. A deletion is
+/// written at the user's tombstone's time (the earliest of its deletions); a user of a deleted
+/// directory is written deleted whatever its snapshot, at the earlier of the two tombstones:
+/// the cascade would have deleted it, had the user been there first.
 pub(crate) async fn upsert_users(
     conn: &mut PgConnection,
     rows: &[UserRow],
@@ -195,7 +197,7 @@ pub(crate) async fn upsert_users(
     let raw_attributes = column(rows, |row| row.raw_attributes.as_ref().map(RawJson::text));
     let created_ats = column(rows, |row| row.created_at);
     let updated_ats = column(rows, |row| row.updated_at);
-    let deleted_ats = column(rows, |row| row.deleted_at);
+    let deleted = column(rows, |row| row.deletion.is_some());
     let last_event_ids = column(rows, |row| row.last_event_id.as_str());
     let last_events = column(rows, |row| row.last_event.event_type());
     let changed = sqlx::query!(
@@ -210,20 +212,21 @@ pub(crate) async fn upsert_users(
                x.roles::text[],
                x.custom_attributes::jsonb, x.raw_attributes::jsonb, x.created_at, x.updated_at,
                LEAST(
-                   x.deleted_at,
-                   (SELECT d.deleted_at FROM workos.directories d
-                    WHERE d.id = x.directory_id AND d.deleted_at >= x.updated_at)
+                   (SELECT t.deleted_at FROM workos.tombstones t
+                    WHERE x.deleted AND t.kind = 'user' AND t.id = x.id),
+                   (SELECT t.deleted_at FROM workos.tombstones t
+                    WHERE t.kind = 'directory' AND t.id = x.directory_id)
                ),
                x.last_event_id, x.last_event
         FROM UNNEST(
             $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
             $14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[],
-            $19::timestamptz[], $20::text[], $21::text[]
+            $19::bool[], $20::text[], $21::text[]
         ) AS x(
             id, directory_id, organization_id, idp_id, email, first_name, last_name, name,
             username, job_title, state, emails, role, roles, custom_attributes, raw_attributes,
-            created_at, updated_at, deleted_at, last_event_id, last_event
+            created_at, updated_at, deleted, last_event_id, last_event
         )
         ON CONFLICT (id) DO UPDATE SET
             directory_id = EXCLUDED.directory_id,
@@ -269,7 +272,7 @@ pub(crate) async fn upsert_users(
         &raw_attributes as &[Option<&str>],
         &created_ats as &[Option<DateTime<Utc>>],
         &updated_ats,
-        &deleted_ats as &[Option<DateTime<Utc>>],
+        &deleted,
         &last_event_ids as &[&str],
         &last_events as &[&str],
     )
@@ -303,7 +306,7 @@ pub(crate) async fn upsert_groups(
     let raw_attributes = column(rows, |row| row.raw_attributes.as_ref().map(RawJson::text));
     let created_ats = column(rows, |row| row.created_at);
     let updated_ats = column(rows, |row| row.updated_at);
-    let deleted_ats = column(rows, |row| row.deleted_at);
+    let deleted = column(rows, |row| row.deletion.is_some());
     let last_event_ids = column(rows, |row| row.last_event_id.as_str());
     let last_events = column(rows, |row| row.last_event.event_type());
     let changed = sqlx::query!(
@@ -315,17 +318,18 @@ pub(crate) async fn upsert_groups(
         SELECT x.id, x.directory_id, x.organization_id, x.idp_id, x.name, x.raw_attributes::jsonb,
                x.created_at, x.updated_at,
                LEAST(
-                   x.deleted_at,
-                   (SELECT d.deleted_at FROM workos.directories d
-                    WHERE d.id = x.directory_id AND d.deleted_at >= x.updated_at)
+                   (SELECT t.deleted_at FROM workos.tombstones t
+                    WHERE x.deleted AND t.kind = 'group' AND t.id = x.id),
+                   (SELECT t.deleted_at FROM workos.tombstones t
+                    WHERE t.kind = 'directory' AND t.id = x.directory_id)
                ),
                x.last_event_id, x.last_event
         FROM UNNEST(
             $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[]
+            $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::text[], $11::text[]
         ) AS x(
             id, directory_id, organization_id, idp_id, name, raw_attributes,
-            created_at, updated_at, deleted_at, last_event_id, last_event
+            created_at, updated_at, deleted, last_event_id, last_event
         )
         ON CONFLICT (id) DO UPDATE SET
             directory_id = EXCLUDED.directory_id,
@@ -351,7 +355,7 @@ pub(crate) async fn upsert_groups(
         &raw_attributes as &[Option<&str>],
         &created_ats as &[Option<DateTime<Utc>>],
         &updated_ats,
-        &deleted_ats as &[Option<DateTime<Utc>>],
+        &deleted,
         &last_event_ids as &[&str],
         &last_events as &[&str],
     )
@@ -370,8 +374,9 @@ pub(crate) async fn upsert_groups(
 }
 
 /// Upserts membership decisions (one per pair) where their key `(updated_at, event id)` beats
-/// the stored row's. A membership is written deleted at the earliest tombstone of its user, its
-/// group or its directory that is not older than the membership event.
+/// the stored row's. A membership is written deleted at the earliest tombstone that covers it:
+/// its directory's, or its user's or group's if the membership was decided at or before the
+/// deletion (see [`Tombstone`]).
 pub(crate) async fn upsert_memberships(
     conn: &mut PgConnection,
     rows: &[MembershipRow],
@@ -396,12 +401,14 @@ pub(crate) async fn upsert_memberships(
         SELECT x.group_id, x.user_id, x.directory_id, x.organization_id, x.updated_at,
                LEAST(
                    x.deleted_at,
-                   (SELECT u.deleted_at FROM workos.directory_users u
-                    WHERE u.id = x.user_id AND u.deleted_at >= x.updated_at),
-                   (SELECT g.deleted_at FROM workos.directory_groups g
-                    WHERE g.id = x.group_id AND g.deleted_at >= x.updated_at),
-                   (SELECT d.deleted_at FROM workos.directories d
-                    WHERE d.id = x.directory_id AND d.deleted_at >= x.updated_at)
+                   (SELECT t.deleted_at FROM workos.tombstones t
+                    WHERE t.kind = 'user' AND t.id = x.user_id
+                      AND x.updated_at <= t.cascades_until),
+                   (SELECT t.deleted_at FROM workos.tombstones t
+                    WHERE t.kind = 'group' AND t.id = x.group_id
+                      AND x.updated_at <= t.cascades_until),
+                   (SELECT t.deleted_at FROM workos.tombstones t
+                    WHERE t.kind = 'directory' AND t.id = x.directory_id)
                ),
                x.last_event_id, x.last_event
         FROM UNNEST(
@@ -446,32 +453,150 @@ pub(crate) async fn upsert_memberships(
         .collect())
 }
 
-/// Deletes the users of deleted directories that are not newer than the deletion, at the
-/// earliest applicable tombstone.
-pub(crate) async fn cascade_to_users(
+/// The tombstones of a batch that are new or changed once merged with the stored ones (an
+/// earlier time, a further reach): what is left to cascade. A deletion already recorded as it
+/// is cascades no more.
+#[derive(Debug, Default)]
+pub(crate) struct NewTombstones {
+    pub(crate) directories: Vec<Tombstone>,
+    pub(crate) users: Vec<Tombstone>,
+    pub(crate) groups: Vec<Tombstone>,
+}
+
+/// Records the batch's deletions in `workos.tombstones`, each object's merged with what is
+/// stored (the earliest time, the furthest reach), before any row is written: the upserts read
+/// them. Returns those that changed.
+pub(crate) async fn upsert_tombstones(
+    conn: &mut PgConnection,
+    directories: &[Tombstone],
+    users: &[Tombstone],
+    groups: &[Tombstone],
+) -> Result<NewTombstones, sqlx::Error> {
+    let mut new = NewTombstones::default();
+    if directories.is_empty() && users.is_empty() && groups.is_empty() {
+        return Ok(new);
+    }
+    let mut kinds = Vec::new();
+    let mut ids = Vec::new();
+    let mut deleted_ats = Vec::new();
+    let mut reaches = Vec::new();
+    for (kind, tombstones) in [
+        ("directory", directories),
+        ("user", users),
+        ("group", groups),
+    ] {
+        for tombstone in tombstones {
+            kinds.push(kind);
+            ids.push(tombstone.id.as_str());
+            deleted_ats.push(tombstone.deleted_at);
+            reaches.push(tombstone.cascades_until);
+        }
+    }
+    // `infinity` (every membership) travels as NULL: chrono has no infinite time.
+    let changed = sqlx::query!(
+        r#"
+        INSERT INTO workos.tombstones AS t (kind, id, deleted_at, cascades_until)
+        SELECT x.kind, x.id, x.deleted_at, coalesce(x.cascades_until, 'infinity')
+        FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+            AS x(kind, id, deleted_at, cascades_until)
+        ON CONFLICT (kind, id) DO UPDATE SET
+            deleted_at = LEAST(t.deleted_at, EXCLUDED.deleted_at),
+            cascades_until = GREATEST(t.cascades_until, EXCLUDED.cascades_until)
+        WHERE EXCLUDED.deleted_at < t.deleted_at OR EXCLUDED.cascades_until > t.cascades_until
+        RETURNING t.kind, t.id, t.deleted_at,
+                  NULLIF(t.cascades_until, 'infinity') AS cascades_until
+        "#,
+        &kinds as &[&str],
+        &ids as &[&str],
+        &deleted_ats,
+        &reaches as &[Option<DateTime<Utc>>],
+    )
+    .fetch_all(conn)
+    .await?;
+    for row in changed {
+        let tombstone = Tombstone {
+            id: row.id,
+            deleted_at: row.deleted_at,
+            cascades_until: row.cascades_until,
+        };
+        match row.kind.as_str() {
+            "directory" => new.directories.push(tombstone),
+            "user" => new.users.push(tombstone),
+            _ => new.groups.push(tombstone),
+        }
+    }
+    Ok(new)
+}
+
+/// Deletes deleted directories' own rows at their tombstones' time, whatever snapshot they
+/// hold: a deleted directory is terminal.
+pub(crate) async fn cascade_to_directories(
     conn: &mut PgConnection,
     deleted_directories: &[Tombstone],
 ) -> Result<Vec<Change>, sqlx::Error> {
     if deleted_directories.is_empty() {
         return Ok(Vec::new());
     }
-    let (ids, times) = columns(deleted_directories);
+    let (ids, times, _) = columns(deleted_directories);
+    let changed = sqlx::query_scalar!(
+        r#"
+        UPDATE workos.directories AS d
+        SET deleted_at = t.deleted_at, synced_at = now()
+        FROM unnest($1::text[], $2::timestamptz[]) AS t(id, deleted_at)
+        WHERE d.id = t.id AND (d.deleted_at IS NULL OR d.deleted_at > t.deleted_at)
+        RETURNING d.id
+        "#,
+        &ids as &[&str],
+        &times,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(changed
+        .into_iter()
+        .map(|id| Change {
+            row: ChangedRow::Directory { id },
+            deleted: true,
+        })
+        .collect())
+}
+
+/// Deletes every user of the deleted directories, and the deleted users whose row holds their
+/// deletion (not a newer snapshot), each at the earliest tombstone that covers it.
+pub(crate) async fn cascade_to_users(
+    conn: &mut PgConnection,
+    deleted_directories: &[Tombstone],
+    deleted_users: &[Tombstone],
+) -> Result<Vec<Change>, sqlx::Error> {
+    if deleted_directories.is_empty() && deleted_users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (directory_ids, directory_times, _) = columns(deleted_directories);
+    let (user_ids, user_times, _) = columns(deleted_users);
     let changed = sqlx::query!(
         r#"
         UPDATE workos.directory_users AS u
         SET deleted_at = hit.deleted_at, synced_at = now()
         FROM (
-            SELECT candidate.id, min(t.deleted_at) AS deleted_at
-            FROM unnest($1::text[], $2::timestamptz[]) AS t(directory_id, deleted_at)
-            JOIN workos.directory_users candidate
-              ON candidate.directory_id = t.directory_id AND candidate.updated_at <= t.deleted_at
-            GROUP BY candidate.id
+            SELECT id, min(deleted_at) AS deleted_at
+            FROM (
+                SELECT candidate.id, t.deleted_at
+                FROM unnest($1::text[], $2::timestamptz[]) AS t(directory_id, deleted_at)
+                JOIN workos.directory_users candidate ON candidate.directory_id = t.directory_id
+                UNION ALL
+                SELECT candidate.id, t.deleted_at
+                FROM unnest($3::text[], $4::timestamptz[]) AS t(id, deleted_at)
+                JOIN workos.directory_users candidate
+                  ON candidate.id = t.id AND candidate.last_event = 'dsync.user.deleted'
+            ) AS covered
+            GROUP BY id
         ) AS hit
         WHERE u.id = hit.id AND (u.deleted_at IS NULL OR u.deleted_at > hit.deleted_at)
         RETURNING u.id, u.directory_id
         "#,
-        &ids,
-        &times,
+        &directory_ids as &[&str],
+        &directory_times,
+        &user_ids as &[&str],
+        &user_times,
     )
     .fetch_all(conn)
     .await?;
@@ -487,31 +612,43 @@ pub(crate) async fn cascade_to_users(
         .collect())
 }
 
-/// Deletes the groups of deleted directories, like [`cascade_to_users`].
+/// Deletes every group of the deleted directories, and the deleted groups, like
+/// [`cascade_to_users`].
 pub(crate) async fn cascade_to_groups(
     conn: &mut PgConnection,
     deleted_directories: &[Tombstone],
+    deleted_groups: &[Tombstone],
 ) -> Result<Vec<Change>, sqlx::Error> {
-    if deleted_directories.is_empty() {
+    if deleted_directories.is_empty() && deleted_groups.is_empty() {
         return Ok(Vec::new());
     }
-    let (ids, times) = columns(deleted_directories);
+    let (directory_ids, directory_times, _) = columns(deleted_directories);
+    let (group_ids, group_times, _) = columns(deleted_groups);
     let changed = sqlx::query!(
         r#"
         UPDATE workos.directory_groups AS g
         SET deleted_at = hit.deleted_at, synced_at = now()
         FROM (
-            SELECT candidate.id, min(t.deleted_at) AS deleted_at
-            FROM unnest($1::text[], $2::timestamptz[]) AS t(directory_id, deleted_at)
-            JOIN workos.directory_groups candidate
-              ON candidate.directory_id = t.directory_id AND candidate.updated_at <= t.deleted_at
-            GROUP BY candidate.id
+            SELECT id, min(deleted_at) AS deleted_at
+            FROM (
+                SELECT candidate.id, t.deleted_at
+                FROM unnest($1::text[], $2::timestamptz[]) AS t(directory_id, deleted_at)
+                JOIN workos.directory_groups candidate ON candidate.directory_id = t.directory_id
+                UNION ALL
+                SELECT candidate.id, t.deleted_at
+                FROM unnest($3::text[], $4::timestamptz[]) AS t(id, deleted_at)
+                JOIN workos.directory_groups candidate
+                  ON candidate.id = t.id AND candidate.last_event = 'dsync.group.deleted'
+            ) AS covered
+            GROUP BY id
         ) AS hit
         WHERE g.id = hit.id AND (g.deleted_at IS NULL OR g.deleted_at > hit.deleted_at)
         RETURNING g.id, g.directory_id
         "#,
-        &ids,
-        &times,
+        &directory_ids as &[&str],
+        &directory_times,
+        &group_ids as &[&str],
+        &group_times,
     )
     .fetch_all(conn)
     .await?;
@@ -527,8 +664,9 @@ pub(crate) async fn cascade_to_groups(
         .collect())
 }
 
-/// Deletes the memberships of deleted users, groups and directories that are not newer than
-/// the deletion, each at the earliest applicable tombstone.
+/// Deletes the memberships the tombstones cover (every one of a deleted directory; a deleted
+/// user's or group's decided at or before its reach), each at the earliest tombstone that
+/// covers it.
 pub(crate) async fn cascade_to_memberships(
     conn: &mut PgConnection,
     deleted_users: &[Tombstone],
@@ -538,9 +676,9 @@ pub(crate) async fn cascade_to_memberships(
     if deleted_users.is_empty() && deleted_groups.is_empty() && deleted_directories.is_empty() {
         return Ok(Vec::new());
     }
-    let (user_ids, user_times) = columns(deleted_users);
-    let (group_ids, group_times) = columns(deleted_groups);
-    let (directory_ids, directory_times) = columns(deleted_directories);
+    let (user_ids, user_times, user_reaches) = columns(deleted_users);
+    let (group_ids, group_times, group_reaches) = columns(deleted_groups);
+    let (directory_ids, directory_times, _) = columns(deleted_directories);
     let changed = sqlx::query!(
         r#"
         UPDATE workos.directory_group_memberships AS m
@@ -549,31 +687,37 @@ pub(crate) async fn cascade_to_memberships(
             SELECT group_id, user_id, min(deleted_at) AS deleted_at
             FROM (
                 SELECT candidate.group_id, candidate.user_id, t.deleted_at
-                FROM unnest($1::text[], $2::timestamptz[]) AS t(id, deleted_at)
+                FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[])
+                    AS t(id, deleted_at, reach)
                 JOIN workos.directory_group_memberships candidate
-                  ON candidate.user_id = t.id AND candidate.updated_at <= t.deleted_at
+                  ON candidate.user_id = t.id
+                 AND (t.reach IS NULL OR candidate.updated_at <= t.reach)
                 UNION ALL
                 SELECT candidate.group_id, candidate.user_id, t.deleted_at
-                FROM unnest($3::text[], $4::timestamptz[]) AS t(id, deleted_at)
+                FROM unnest($4::text[], $5::timestamptz[], $6::timestamptz[])
+                    AS t(id, deleted_at, reach)
                 JOIN workos.directory_group_memberships candidate
-                  ON candidate.group_id = t.id AND candidate.updated_at <= t.deleted_at
+                  ON candidate.group_id = t.id
+                 AND (t.reach IS NULL OR candidate.updated_at <= t.reach)
                 UNION ALL
                 SELECT candidate.group_id, candidate.user_id, t.deleted_at
-                FROM unnest($5::text[], $6::timestamptz[]) AS t(id, deleted_at)
+                FROM unnest($7::text[], $8::timestamptz[]) AS t(id, deleted_at)
                 JOIN workos.directory_group_memberships candidate
-                  ON candidate.directory_id = t.id AND candidate.updated_at <= t.deleted_at
-            ) AS tombstoned
+                  ON candidate.directory_id = t.id
+            ) AS covered
             GROUP BY group_id, user_id
         ) AS hit
         WHERE m.group_id = hit.group_id AND m.user_id = hit.user_id
           AND (m.deleted_at IS NULL OR m.deleted_at > hit.deleted_at)
         RETURNING m.group_id, m.user_id, m.directory_id
         "#,
-        &user_ids,
+        &user_ids as &[&str],
         &user_times,
-        &group_ids,
+        &user_reaches as &[Option<DateTime<Utc>>],
+        &group_ids as &[&str],
         &group_times,
-        &directory_ids,
+        &group_reaches as &[Option<DateTime<Utc>>],
+        &directory_ids as &[&str],
         &directory_times,
     )
     .fetch_all(conn)
@@ -644,9 +788,16 @@ fn json_text(value: &Option<impl serde::Serialize>) -> Option<String> {
         .map(|value| serde_json::to_string(value).expect("a JSON value serializes"))
 }
 
-fn columns(tombstones: &[Tombstone]) -> (Vec<String>, Vec<DateTime<Utc>>) {
-    tombstones
-        .iter()
-        .map(|tombstone| (tombstone.id.clone(), tombstone.deleted_at))
-        .unzip()
+/// The ids, times and reaches of some tombstones, for `unnest`.
+type TombstoneColumns<'a> = (Vec<&'a str>, Vec<DateTime<Utc>>, Vec<Option<DateTime<Utc>>>);
+
+/// `tombstones` as columns.
+fn columns(tombstones: &[Tombstone]) -> TombstoneColumns<'_> {
+    let mut columns = (Vec::new(), Vec::new(), Vec::new());
+    for tombstone in tombstones {
+        columns.0.push(tombstone.id.as_str());
+        columns.1.push(tombstone.deleted_at);
+        columns.2.push(tombstone.cascades_until);
+    }
+    columns
 }
