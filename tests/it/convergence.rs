@@ -27,7 +27,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::directory::{
-    apply, apply_one_by_one, events, steps, tables, truncate, History, Step, StepWeights,
+    apply, apply_one_by_one, events, steps, tables, truncate, Current, History, Step, StepWeights,
 };
 
 const USERS: usize = 300;
@@ -54,6 +54,8 @@ fn step() -> impl Strategy<Value = Step> {
 /// A history and one way of delivering it.
 struct Delivery {
     in_order: Vec<Value>,
+    /// What the history says is live at its end.
+    current: Current,
     delivered: Vec<Value>,
     batch_sizes: Vec<usize>,
     duplicates: usize,
@@ -82,23 +84,23 @@ fn batch_size() -> impl Strategy<Value = usize> {
 fn delivery(events_wanted: usize) -> impl Strategy<Value = Delivery> {
     (
         prop::collection::vec(step(), events_wanted * 2),
-        prop::bool::weighted(0.25),
+        prop::option::weighted(0.25, any::<bool>()),
     )
         .prop_map(move |(steps, delete_directory)| {
             let mut history = History::first_sync(USERS, GROUPS);
             // Steps that make no sense at their point give no event; there are steps to spare.
             for step in &steps {
-                if history.bodies.len() >= events_wanted - usize::from(delete_directory) {
+                if history.bodies.len() >= events_wanted - usize::from(delete_directory.is_some()) {
                     break;
                 }
                 history.step(step);
             }
-            if delete_directory {
-                history.delete_directory();
+            if let Some(legacy) = delete_directory {
+                history.delete_directory(legacy);
             }
-            history.bodies
+            (history.bodies.clone(), history.current())
         })
-        .prop_flat_map(|in_order| {
+        .prop_flat_map(|(in_order, current)| {
             let count = in_order.len();
             (
                 Just(in_order.clone()).prop_shuffle(),
@@ -115,6 +117,7 @@ fn delivery(events_wanted: usize) -> impl Strategy<Value = Delivery> {
                     delivered.extend(late.iter().map(|&original| in_order[original].clone()));
                     Delivery {
                         in_order: in_order.clone(),
+                        current: current.clone(),
                         delivered,
                         batch_sizes,
                         duplicates: duplicates.len(),
@@ -206,6 +209,10 @@ async fn converges(pool: &PgPool, delivery: &Delivery) -> anyhow::Result<String>
     apply_one_by_one(pool, &events(&delivery.in_order)).await?;
     let in_order_secs = started.elapsed().as_secs_f64();
     let expected = tables(pool).await?;
+    delivery
+        .current
+        .check(&expected)
+        .map_err(|problem| anyhow::anyhow!("the in-order tables: {problem}"))?;
 
     truncate(pool).await?;
     let started = Instant::now();

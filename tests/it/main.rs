@@ -2,6 +2,7 @@
 //! service on a real socket where HTTP matters.
 
 mod convergence;
+mod deletions;
 mod directory;
 mod end_to_end;
 mod helpers;

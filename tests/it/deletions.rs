@@ -1,0 +1,562 @@
+//! Deprovisioning that holds: deletions as WorkOS really sends them reach everything under
+//! them, whatever order the events arrive in and however they are batched.
+//!
+//! WorkOS's deletion events carry the deleted object as it last was: its `updated_at` is its
+//! last change, not the time of the deletion (the quick start's bodies, `tests/fixtures/seed/`,
+//! have `updated_at` equal to `created_at`). Users change after their directory does, and
+//! memberships are added after their user's or group's last change; the deletion must still
+//! take them.
+
+use std::borrow::Cow;
+
+use dsyncd::app::MIGRATOR;
+use dsyncd::Event;
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::directory::{
+    apply, apply_one_by_one, at, directory, group, membership, tables, truncate, user, Body,
+    DIRECTORY, GROUP, USER,
+};
+
+/// A body of the quick start (`tests/fixtures/seed/`), put in the directory of the samples.
+fn seed(name: &str) -> Body {
+    let path = crate::helpers::fixture_path(&format!("seed/{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let body = Body(serde_json::from_str(&text).expect("the seed's bodies are JSON"));
+    match name {
+        "dsync.activated" | "dsync.deleted" => body.set("/data/id", DIRECTORY),
+        _ => body
+            .set("/data/id", USER)
+            .set("/data/directory_id", DIRECTORY),
+    }
+}
+
+/// `body` with the envelope `created_at` WorkOS's current deliveries have, or without one
+/// (the quick start's `wh_` deliveries).
+fn recorded(body: Body, created_at: Option<&str>) -> Body {
+    match created_at {
+        Some(created_at) => body.set("/created_at", created_at),
+        None => body,
+    }
+}
+
+const CHANGED_LATER: &str = "2021-06-27T09:00:00.000Z";
+const ADDED: &str = "2021-06-28T10:00:00.000Z";
+const DELETED: &str = "2021-07-01T12:00:00.000Z";
+
+/// The quick start's directory, then a user changed after it, a group, and the user added to
+/// the group later still; the directory's own `updated_at` never moves.
+fn a_directory_that_changed_under_it() -> Vec<Body> {
+    vec![
+        seed("dsync.activated").set("/created_at", "2021-06-25T19:07:33.155Z"),
+        seed("dsync.user.updated")
+            .id("event_user_changed")
+            .at(CHANGED_LATER),
+        Body::example("dsync.group.created"),
+        Body::example("dsync.group.user_added")
+            .id("event_added")
+            .set("/created_at", ADDED),
+    ]
+}
+
+fn all_permutations(count: usize) -> Vec<Vec<usize>> {
+    if count == 0 {
+        return vec![Vec::new()];
+    }
+    let mut permutations = Vec::new();
+    for shorter in all_permutations(count - 1) {
+        for position in 0..=shorter.len() {
+            let mut permutation = shorter.clone();
+            permutation.insert(position, count - 1);
+            permutations.push(permutation);
+        }
+    }
+    permutations
+}
+
+/// Every way of cutting `count` events into batches, as batch sizes.
+fn all_splits(count: usize) -> Vec<Vec<usize>> {
+    (0..1u32 << count.saturating_sub(1))
+        .map(|cuts| {
+            let mut sizes = vec![1];
+            for position in 1..count {
+                if cuts & (1 << (position - 1)) != 0 {
+                    sizes.push(1);
+                } else {
+                    *sizes.last_mut().unwrap() += 1;
+                }
+            }
+            sizes
+        })
+        .collect()
+}
+
+/// Applies `history` in every order, each order in every batch split if `every_split`, else in
+/// one batch, one by one and one two-batch split (a different cut for successive orders), and
+/// returns the tables, which must be the same every time: those of the in-order history.
+async fn in_every_order(
+    pool: &PgPool,
+    history: &[Body],
+    every_split: bool,
+) -> anyhow::Result<Value> {
+    // Thousands of small commits: waiting for each one's flush would be most of the time, and
+    // proves nothing here.
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    let pool = &PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let events: Vec<Event> = history.iter().map(Body::event).collect();
+    truncate(pool).await?;
+    apply_one_by_one(pool, &events).await?;
+    let in_order = tables(pool).await?;
+
+    let count = events.len();
+    for (number, order) in all_permutations(count).into_iter().enumerate() {
+        let arrived: Vec<Event> = order.iter().map(|&index| events[index].clone()).collect();
+        let splits = if every_split {
+            all_splits(count)
+        } else {
+            let cut = 1 + number % (count - 1);
+            vec![vec![count], vec![1; count], vec![cut, count - cut]]
+        };
+        for sizes in splits {
+            truncate(pool).await?;
+            let mut rest = &arrived[..];
+            for size in &sizes {
+                let (batch, after) = rest.split_at(*size);
+                apply(pool, batch).await?;
+                rest = after;
+            }
+            anyhow::ensure!(
+                tables(pool).await? == in_order,
+                "order {order:?} in batches {sizes:?} differs from the in-order tables"
+            );
+        }
+    }
+    Ok(in_order)
+}
+
+/// The rows of one table in a dump of [`tables`] that are still live.
+fn live<'a>(tables: &'a Value, table: &str) -> Vec<&'a Value> {
+    tables[table]
+        .as_array()
+        .expect("a table")
+        .iter()
+        .filter(|row| row["deleted_at"].is_null())
+        .collect()
+}
+
+fn deleted_at(row: &Value) -> chrono::DateTime<chrono::Utc> {
+    at(row["deleted_at"].as_str().expect("a deleted row"))
+}
+
+#[sqlx::test]
+async fn a_directory_deletion_takes_everything_changed_after_the_directory(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    for created_at in [Some(DELETED), None] {
+        let mut history = a_directory_that_changed_under_it();
+        history.push(recorded(seed("dsync.deleted"), created_at));
+        let tables = in_every_order(&pool, &history, false).await?;
+
+        // When WorkOS recorded the deletion; without that, the directory's `updated_at`.
+        let expected = at(created_at.unwrap_or("2021-06-25T19:07:33.155Z"));
+        for table in ["directories", "users", "groups", "memberships"] {
+            assert!(live(&tables, table).is_empty(), "{table} live: {tables}");
+            for row in tables[table].as_array().unwrap() {
+                assert_eq!(deleted_at(row), expected, "{table}: {row}");
+            }
+        }
+        // The deletion does not replace what the rows last held.
+        assert_eq!(
+            user(&pool, USER).await?.unwrap().last_event_id,
+            "event_user_changed"
+        );
+    }
+    Ok(())
+}
+
+#[sqlx::test]
+async fn a_user_deletion_takes_the_memberships_added_after_the_users_last_change(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    for created_at in [Some(DELETED), None] {
+        let history = vec![
+            seed("dsync.user.created"),
+            Body::example("dsync.group.created"),
+            Body::example("dsync.group.user_added")
+                .id("event_added")
+                .set("/created_at", ADDED),
+            // The user as it last was: adding it to a group did not change it.
+            recorded(seed("dsync.user.deleted"), created_at),
+        ];
+        let tables = in_every_order(&pool, &history, true).await?;
+
+        let expected = at(created_at.unwrap_or("2021-06-25T19:07:33.155Z"));
+        assert!(live(&tables, "users").is_empty());
+        assert!(live(&tables, "memberships").is_empty());
+        assert_eq!(user(&pool, USER).await?.unwrap().deleted_at, Some(expected));
+        assert_eq!(
+            membership(&pool, GROUP, USER).await?.unwrap().deleted_at,
+            Some(expected)
+        );
+        assert_eq!(group(&pool, GROUP).await?.unwrap().deleted_at, None);
+    }
+    Ok(())
+}
+
+#[sqlx::test]
+async fn a_group_deletion_takes_the_memberships_added_after_the_groups_last_change(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    for created_at in [Some(DELETED), None] {
+        let group_deleted = Body::example("dsync.group.deleted")
+            .set("/data/updated_at", "2021-06-25T19:07:33.155Z")
+            .set("/id", "wh_group_deleted");
+        let group_deleted = match created_at {
+            Some(created_at) => group_deleted.set("/created_at", created_at),
+            None => {
+                let mut body = group_deleted;
+                body.0.as_object_mut().unwrap().remove("created_at");
+                body
+            }
+        };
+        let history = vec![
+            Body::example("dsync.group.created"),
+            seed("dsync.user.created"),
+            Body::example("dsync.group.user_added")
+                .id("event_added")
+                .set("/created_at", ADDED),
+            group_deleted,
+        ];
+        let tables = in_every_order(&pool, &history, true).await?;
+
+        let expected = at(created_at.unwrap_or("2021-06-25T19:07:33.155Z"));
+        assert!(live(&tables, "groups").is_empty());
+        assert!(live(&tables, "memberships").is_empty());
+        assert_eq!(
+            membership(&pool, GROUP, USER).await?.unwrap().deleted_at,
+            Some(expected)
+        );
+        assert_eq!(user(&pool, USER).await?.unwrap().deleted_at, None);
+    }
+    Ok(())
+}
+
+#[sqlx::test]
+async fn a_deleted_directory_stays_deleted_and_takes_what_arrives_later(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    apply(
+        &pool,
+        &[recorded(seed("dsync.deleted"), Some(DELETED)).event()],
+    )
+    .await?;
+    // A newer snapshot of the directory, and events about its objects newer than the deletion
+    // itself (a retry of a membership event sent just before it, a user changed "after").
+    apply(
+        &pool,
+        &[
+            seed("dsync.activated")
+                .id("event_late_activation")
+                .at("2021-07-02T00:00:00.000Z")
+                .event(),
+            seed("dsync.user.updated")
+                .id("event_late_user")
+                .at("2021-07-03T00:00:00.000Z")
+                .event(),
+            Body::example("dsync.group.user_added")
+                .id("event_late_add")
+                .set("/created_at", "2021-07-04T00:00:00.000Z")
+                .event(),
+        ],
+    )
+    .await?;
+
+    let deleted = Some(at(DELETED));
+    assert_eq!(
+        directory(&pool, DIRECTORY).await?.unwrap().deleted_at,
+        deleted
+    );
+    let late_user = user(&pool, USER).await?.unwrap();
+    assert_eq!(late_user.deleted_at, deleted);
+    assert_eq!(late_user.last_event_id, "event_late_user");
+    assert_eq!(group(&pool, GROUP).await?.unwrap().deleted_at, deleted);
+    assert_eq!(
+        membership(&pool, GROUP, USER).await?.unwrap().deleted_at,
+        deleted
+    );
+    Ok(())
+}
+
+#[sqlx::test]
+async fn of_several_deletions_of_an_object_the_earliest_time_stands(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    let first = seed("dsync.user.deleted")
+        .id("event_01_deleted")
+        .set("/created_at", "2021-07-01T00:00:00.000Z");
+    let second = seed("dsync.user.deleted")
+        .id("event_02_deleted")
+        .set("/created_at", "2021-07-05T00:00:00.000Z");
+    for events in [
+        vec![first.event(), second.event()],
+        vec![second.event(), first.event()],
+    ] {
+        truncate(&pool).await?;
+        apply(&pool, &[Body::example("dsync.group.user_added").event()]).await?;
+        apply_one_by_one(&pool, &events).await?;
+        let earliest = Some(at("2021-07-01T00:00:00.000Z"));
+        assert_eq!(user(&pool, USER).await?.unwrap().deleted_at, earliest);
+        assert_eq!(
+            membership(&pool, GROUP, USER).await?.unwrap().deleted_at,
+            earliest
+        );
+    }
+    Ok(())
+}
+
+#[sqlx::test]
+async fn a_revived_user_gets_back_only_memberships_decided_after_its_deletion(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    let added = |id: &str, created_at: &str| {
+        Body::example("dsync.group.user_added")
+            .id(id)
+            .set("/created_at", created_at)
+            .event()
+    };
+    apply(&pool, &[added("event_added_before", ADDED)]).await?;
+    apply(
+        &pool,
+        &[recorded(seed("dsync.user.deleted"), Some(DELETED)).event()],
+    )
+    .await?;
+    // A strictly newer snapshot revives the user itself.
+    apply(
+        &pool,
+        &[seed("dsync.user.updated")
+            .id("event_revived")
+            .at("2021-07-02T00:00:00.000Z")
+            .event()],
+    )
+    .await?;
+    assert_eq!(user(&pool, USER).await?.unwrap().deleted_at, None);
+    assert_eq!(
+        membership(&pool, GROUP, USER).await?.unwrap().deleted_at,
+        Some(at(DELETED))
+    );
+
+    // A late membership event from before the deletion does not bring the membership back...
+    apply(
+        &pool,
+        &[added("event_added_late_retry", "2021-06-30T00:00:00.000Z")],
+    )
+    .await?;
+    assert_eq!(
+        membership(&pool, GROUP, USER).await?.unwrap().deleted_at,
+        Some(at(DELETED))
+    );
+    // ...one from after it does.
+    apply(
+        &pool,
+        &[added("event_added_again", "2021-07-03T00:00:00.000Z")],
+    )
+    .await?;
+    assert_eq!(
+        membership(&pool, GROUP, USER).await?.unwrap().deleted_at,
+        None
+    );
+    Ok(())
+}
+
+#[sqlx::test]
+async fn a_deletion_that_is_already_recorded_announces_nothing_again(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    let deleted = recorded(seed("dsync.user.deleted"), Some(DELETED));
+    apply(&pool, &[Body::example("dsync.group.user_added").event()]).await?;
+    apply(&pool, &[deleted.event()]).await?;
+    let before = tables(&pool).await?;
+
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    listener.listen(dsyncd::directory::CHANGES_CHANNEL).await?;
+    // The same deletion again, as a retry with another id: nothing changes, nothing is sent.
+    apply(&pool, &[deleted.id("event_deleted_again").event()]).await?;
+    assert_eq!(tables(&pool).await?["memberships"], before["memberships"]);
+    apply(
+        &pool,
+        &[Body::example("dsync.group.created")
+            .id("event_marker")
+            .at("2021-08-01T00:00:00.000Z")
+            .event()],
+    )
+    .await?;
+    let next = listener.recv().await?;
+    let payload: Value = serde_json::from_str(next.payload())?;
+    assert_eq!(payload["table"], "directory_groups", "{payload}");
+    Ok(())
+}
+
+// ---- The repair of databases written by the old rules ----
+
+/// The migrations before the repair (0005).
+fn migrator_before_the_repair() -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(
+            MIGRATOR
+                .iter()
+                .filter(|migration| migration.version < 5)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// What the old rules left: deletions dated by `data.updated_at`, and rows changed after the
+/// deleted object left live.
+const WRITTEN_BY_THE_OLD_RULES: &str = r#"
+INSERT INTO workos.directories (id, name, updated_at, deleted_at, last_event_id, last_event) VALUES
+    ('directory_gone', 'Gone', '2021-01-01', '2021-01-01', 'wh_directory_deleted', 'dsync.deleted'),
+    ('directory_kept', 'Kept', '2021-01-01', NULL, 'event_kept', 'dsync.activated');
+
+INSERT INTO workos.directory_users (id, directory_id, email, updated_at, deleted_at, last_event_id, last_event) VALUES
+    -- in the deleted directory: changed after it (left live), and not (deleted by the cascade)
+    ('user_changed_later', 'directory_gone', 'a@x', '2021-02-01', NULL, 'event_u1', 'dsync.user.updated'),
+    ('user_unchanged', 'directory_gone', 'b@x', '2021-01-01', '2021-01-01', 'event_u2', 'dsync.user.created'),
+    -- deleted users of the kept directory: one whose deletion event is still in the inbox,
+    -- one whose is not
+    ('user_deleted', 'directory_kept', 'c@x', '2021-02-01', '2021-02-01', 'event_user_deleted', 'dsync.user.deleted'),
+    ('user_deleted_long_ago', 'directory_kept', 'd@x', '2021-02-01', '2021-02-01', 'wh_user_deleted', 'dsync.user.deleted'),
+    ('user_live', 'directory_kept', 'e@x', '2021-02-01', NULL, 'event_u5', 'dsync.user.created');
+
+INSERT INTO workos.directory_groups (id, directory_id, name, updated_at, deleted_at, last_event_id, last_event) VALUES
+    ('group_in_gone', 'directory_gone', 'G', '2021-02-01', NULL, 'event_g1', 'dsync.group.created'),
+    ('group_kept', 'directory_kept', 'K', '2021-01-01', NULL, 'event_g2', 'dsync.group.created'),
+    ('group_deleted', 'directory_kept', 'D', '2021-01-01', '2021-01-01', 'event_group_deleted', 'dsync.group.deleted');
+
+INSERT INTO workos.directory_group_memberships (group_id, user_id, directory_id, updated_at, deleted_at, last_event_id, last_event) VALUES
+    ('group_in_gone', 'user_changed_later', 'directory_gone', '2021-03-01', NULL, 'event_m1', 'dsync.group.user_added'),
+    ('group_kept', 'user_deleted', 'directory_kept', '2021-03-01', NULL, 'event_m2', 'dsync.group.user_added'),
+    ('group_kept', 'user_deleted_long_ago', 'directory_kept', '2021-03-01', NULL, 'event_m3', 'dsync.group.user_added'),
+    ('group_kept', 'user_live', 'directory_kept', '2021-03-01', NULL, 'event_m4', 'dsync.group.user_added'),
+    -- a membership decided before the group's deletion, and one (oddly) after it
+    ('group_deleted', 'user_live', 'directory_kept', '2021-03-01', NULL, 'event_m5', 'dsync.group.user_added'),
+    ('group_deleted', 'user_changed_later', 'directory_kept', '2021-05-01', NULL, 'event_m6', 'dsync.group.user_added');
+
+-- The deletion events the inbox still holds: WorkOS recorded them long after the objects'
+-- last change.
+INSERT INTO workos.inbox (id, event, payload, status) VALUES
+    ('event_user_deleted', 'dsync.user.deleted',
+     '{"id":"event_user_deleted","event":"dsync.user.deleted","data":{},"created_at":"2021-04-01T00:00:00.000Z"}', 'done'),
+    ('event_group_deleted', 'dsync.group.deleted',
+     '{"id":"event_group_deleted","event":"dsync.group.deleted","data":{},"created_at":"2021-04-01T00:00:00.000Z"}', 'done');
+"#;
+
+/// Each row's key and `deleted_at` (`None`: live), for the four tables.
+async fn deletion_times(pool: &PgPool) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    Ok(sqlx::query_as(
+        r#"
+        SELECT id, to_char(deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+        FROM workos.directories
+        UNION ALL SELECT id, to_char(deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+        FROM workos.directory_users
+        UNION ALL SELECT id, to_char(deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+        FROM workos.directory_groups
+        UNION ALL SELECT group_id || '/' || user_id,
+                         to_char(deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+        FROM workos.directory_group_memberships
+        ORDER BY 1
+        "#,
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_repair_deletes_what_the_old_rules_left_live_and_changes_nothing_when_run_again(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    migrator_before_the_repair().run(&pool).await?;
+    sqlx::raw_sql(WRITTEN_BY_THE_OLD_RULES)
+        .execute(&pool)
+        .await?;
+
+    MIGRATOR.run(&pool).await?;
+
+    let at = |day: &str| Some(day.to_owned());
+    let expected: Vec<(String, Option<String>)> = [
+        ("directory_gone", at("2021-01-01")),
+        ("directory_kept", None),
+        // Taken by the deleted directory.
+        ("group_deleted", at("2021-01-01")),
+        ("group_deleted/user_changed_later", None),
+        // Decided before the group's recorded deletion (2021-04-01): taken at its time.
+        ("group_deleted/user_live", at("2021-01-01")),
+        ("group_in_gone", at("2021-01-01")),
+        ("group_in_gone/user_changed_later", at("2021-01-01")),
+        ("group_kept", None),
+        ("group_kept/user_deleted", at("2021-02-01")),
+        // Its deletion event is gone from the inbox: the deletion takes every membership.
+        ("group_kept/user_deleted_long_ago", at("2021-02-01")),
+        ("group_kept/user_live", None),
+        ("user_changed_later", at("2021-01-01")),
+        ("user_deleted", at("2021-02-01")),
+        ("user_deleted_long_ago", at("2021-02-01")),
+        ("user_live", None),
+        ("user_unchanged", at("2021-01-01")),
+    ]
+    .into_iter()
+    .map(|(key, deleted_at)| (key.to_owned(), deleted_at))
+    .collect();
+    assert_eq!(deletion_times(&pool).await?, expected);
+
+    // Run again, by hand: nothing changes, not even `synced_at`.
+    let everything = r#"
+        SELECT jsonb_build_object(
+            'rows', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM workos.directory_users t),
+            'groups', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM workos.directory_groups t),
+            'memberships', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.group_id, t.user_id)
+                            FROM workos.directory_group_memberships t),
+            'directories', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.id) FROM workos.directories t),
+            'tombstones', (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.kind, t.id) FROM workos.tombstones t))
+    "#;
+    let repaired: Value = sqlx::query_scalar(everything).fetch_one(&pool).await?;
+    let repair = MIGRATOR
+        .iter()
+        .find(|migration| migration.version == 5)
+        .expect("the repair migration");
+    sqlx::raw_sql(&repair.sql).execute(&pool).await?;
+    let again: Value = sqlx::query_scalar(everything).fetch_one(&pool).await?;
+    assert_eq!(again, repaired);
+
+    // And events applied afterwards follow the new rules on the repaired rows.
+    apply(
+        &pool,
+        &[Body::example("dsync.group.user_added")
+            .id("event_after_the_repair")
+            .set("/data/directory_id", "directory_gone")
+            .set("/data/user/id", "user_unchanged")
+            .set("/data/user/directory_id", "directory_gone")
+            .set("/data/group/id", "group_in_gone")
+            .set("/data/group/directory_id", "directory_gone")
+            .event()],
+    )
+    .await?;
+    assert_eq!(
+        membership(&pool, "group_in_gone", "user_unchanged")
+            .await?
+            .unwrap()
+            .deleted_at,
+        Some(crate::directory::at("2021-01-01T00:00:00Z"))
+    );
+    Ok(())
+}
