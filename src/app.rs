@@ -185,6 +185,15 @@ impl Service {
         let worker = role
             .works()
             .then(|| tokio::spawn(self.worker().run(shutdown.clone())));
+        // Reconciliation (src/reconcile/) runs in the worker role, when an API key is set.
+        let reconciler = role.works().then(|| {
+            crate::reconcile::start(
+                &self.config,
+                self.pool.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            )
+        });
         for server in std::iter::once(main).chain(admin) {
             if let Err(error) = server.await? {
                 tracing::error!(error = %error, "the HTTP server failed");
@@ -192,6 +201,9 @@ impl Service {
         }
         if let Some(worker) = worker {
             let _ = worker.await;
+        }
+        if let Some(reconciler) = reconciler.flatten() {
+            let _ = reconciler.await;
         }
         tracing::info!("dsyncd stopped");
         Ok(())

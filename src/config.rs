@@ -2,8 +2,9 @@
 //! start-up with errors that name the key.
 //!
 //! Every key, its default and its environment name are documented in `config.example.toml`.
-//! Three environment names are fixed because users and tests rely on them: `DATABASE_URL`,
-//! `WORKOS_WEBHOOK_SECRET` (comma-separated while a secret is rotated) and `DSYNCD_LISTEN`.
+//! Some environment names are fixed because users and tests rely on them: `DATABASE_URL`,
+//! `WORKOS_WEBHOOK_SECRET` (comma-separated while a secret is rotated), `DSYNCD_LISTEN`, and
+//! `WORKOS_API_KEY` and `WORKOS_BASE_URL` (the names the WorkOS SDKs read).
 //! Any other key can be set as `DSYNCD_<SECTION>__<KEY>`, e.g. `DSYNCD_WORKER__BATCH_SIZE=200`.
 
 use std::net::SocketAddr;
@@ -66,6 +67,61 @@ pub struct Config {
     pub log: LogConfig,
     /// The async runtime.
     pub runtime: RuntimeConfig,
+    /// The WorkOS API (reconciliation's client).
+    pub workos: WorkosConfig,
+    /// Reconciliation: the Events API tail and snapshot reconciliation.
+    pub reconcile: ReconcileConfig,
+}
+
+/// `[workos]`: the WorkOS REST API, which reconciliation reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkosConfig {
+    /// The API key (`WORKOS_API_KEY`, `sk_…`). Without it reconciliation is off.
+    pub api_key: Option<Secret>,
+    /// The API's base URL (`WORKOS_BASE_URL`).
+    pub base_url: String,
+    /// Longest wait for one API answer; a slower one is retried like a 5xx.
+    pub timeout_ms: u64,
+    /// Attempts at one request before giving up (429, 5xx, timeouts).
+    pub max_attempts: u32,
+    /// First delay between attempts; it doubles with each one (a 429's `Retry-After` wins).
+    pub backoff_base_ms: u64,
+}
+
+impl Default for WorkosConfig {
+    fn default() -> Self {
+        WorkosConfig {
+            api_key: None,
+            base_url: "https://api.workos.com".to_owned(),
+            timeout_ms: 10_000,
+            max_attempts: 5,
+            backoff_base_ms: 500,
+        }
+    }
+}
+
+/// `[reconcile]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Pause between Events API polls once the tail has caught up.
+    pub events_interval_secs: u64,
+    /// A cursor older than this is not trusted (WorkOS keeps 30 days of events): a snapshot
+    /// reconciliation runs and the tail restarts from it.
+    pub cursor_max_age_days: u32,
+    /// How often a snapshot reconciliation runs; 0 turns the periodic one off.
+    pub snapshot_interval_secs: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            events_interval_secs: 60,
+            cursor_max_age_days: 25,
+            snapshot_interval_secs: 86_400,
+        }
+    }
 }
 
 /// `[runtime]`
@@ -314,6 +370,24 @@ impl Config {
                     .only(&["DSYNCD_LISTEN"])
                     .map(|_| "server.listen".into()),
             )
+            .merge(
+                Env::raw()
+                    .only(&["WORKOS_API_KEY"])
+                    .map(|_| "workos.api_key".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["WORKOS_BASE_URL"])
+                    .map(|_| "workos.base_url".into()),
+            )
+    }
+
+    /// The WorkOS API key, if reconciliation is on (an empty value counts as unset).
+    pub fn workos_api_key(&self) -> Option<&Secret> {
+        self.workos
+            .api_key
+            .as_ref()
+            .filter(|key| !key.expose().trim().is_empty())
     }
 
     /// The database URL, or an error naming the key.
@@ -371,6 +445,38 @@ impl Config {
         }
         if self.database.max_connections < 2 {
             return invalid("database.max_connections", "must be at least 2");
+        }
+        self.validate_workos()
+    }
+
+    /// Checks the `[workos]` and `[reconcile]` keys alone (for `dsyncd reconcile`, which
+    /// needs no webhook secret).
+    pub fn validate_workos(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("workos.timeout_ms", self.workos.timeout_ms),
+            ("workos.max_attempts", self.workos.max_attempts.into()),
+            ("workos.backoff_base_ms", self.workos.backoff_base_ms),
+            (
+                "reconcile.events_interval_secs",
+                self.reconcile.events_interval_secs,
+            ),
+            (
+                "reconcile.cursor_max_age_days",
+                self.reconcile.cursor_max_age_days.into(),
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        let base_url = &self.workos.base_url;
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+            || reqwest::Url::parse(base_url).is_err()
+        {
+            return invalid(
+                "workos.base_url",
+                "is not an http(s) URL (set WORKOS_BASE_URL, e.g. https://api.workos.com)",
+            );
         }
         Ok(())
     }
@@ -483,6 +589,31 @@ mod tests {
             jail.set_env("DSYNCD_WORKER__BATCH_SIZ", "1");
             let error = Config::load(None).unwrap_err().to_string().to_lowercase();
             assert!(error.contains("batch_siz"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_workos_api_is_configured_by_the_sdk_names() {
+        Jail::expect_with(|jail| {
+            assert!(Config::load(None).unwrap().workos_api_key().is_none());
+            jail.set_env("WORKOS_API_KEY", "sk_test_do_not_print");
+            jail.set_env("WORKOS_BASE_URL", "http://127.0.0.1:9999");
+            jail.set_env("DSYNCD_RECONCILE__SNAPSHOT_INTERVAL_SECS", "0");
+            let config = Config::load(None).unwrap();
+            assert_eq!(
+                config.workos_api_key().map(Secret::expose),
+                Some("sk_test_do_not_print")
+            );
+            assert_eq!(config.workos.base_url, "http://127.0.0.1:9999");
+            assert_eq!(config.reconcile.snapshot_interval_secs, 0);
+            assert!(!format!("{config:?}").contains("do_not_print"));
+            jail.set_env("WORKOS_API_KEY", " ");
+            assert!(Config::load(None).unwrap().workos_api_key().is_none());
+            jail.set_env("WORKOS_WEBHOOK_SECRET", "s");
+            jail.set_env("WORKOS_BASE_URL", "api.workos.com");
+            let error = Config::load(None).unwrap().validate().unwrap_err();
+            assert!(error.to_string().contains("workos.base_url"), "{error}");
             Ok(())
         });
     }

@@ -69,6 +69,31 @@ pub(crate) async fn insert_new(
     Ok(())
 }
 
+/// Inserts events that the Events API tail fetched (`source = 'events_api'`), in the caller's
+/// transaction (the one that moves the cursor), and returns the ids that were new: the events
+/// no webhook had delivered. An event already stored, by a webhook or an earlier page, is left
+/// as it is.
+pub async fn insert_from_events_api(
+    conn: &mut PgConnection,
+    events: &[&NewDelivery],
+) -> Result<Vec<String>, sqlx::Error> {
+    let (ids, types, payloads) = columns(events);
+    sqlx::query_scalar!(
+        r#"
+        INSERT INTO workos.inbox (id, event, payload, source)
+        SELECT id, event, payload, 'events_api'
+        FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(id, event, payload)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id
+        "#,
+        &ids as &[&str],
+        &types as &[&str],
+        &payloads as &[&str],
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// Whether `error` is [`insert_new`] finding a delivery already stored.
 pub(crate) fn is_duplicate(error: &sqlx::Error) -> bool {
     error
@@ -256,24 +281,27 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
     })
 }
 
-/// One status's share of the inbox.
+/// One status's share of the inbox, from one source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusCount {
     /// The status.
     pub status: String,
+    /// `webhook` or `events_api` (recovered by the Events API tail).
+    pub source: String,
     /// Rows with it.
     pub count: i64,
     /// When the oldest of them arrived.
     pub oldest: Option<DateTime<Utc>>,
 }
 
-/// Rows per status (a full count: for operators, not for every scrape).
+/// Rows per status and source (a full count: for operators, not for every scrape).
 pub async fn stats(pool: &PgPool) -> Result<Vec<StatusCount>, sqlx::Error> {
     sqlx::query_as!(
         StatusCount,
         r#"
-        SELECT status AS "status!", count(*) AS "count!", min(received_at) AS oldest
-        FROM workos.inbox GROUP BY status ORDER BY status
+        SELECT status AS "status!", source AS "source!", count(*) AS "count!",
+               min(received_at) AS oldest
+        FROM workos.inbox GROUP BY status, source ORDER BY status, source
         "#
     )
     .fetch_all(pool)
@@ -289,6 +317,8 @@ pub struct Summary {
     pub event: String,
     /// `pending`, `done`, `ignored` or `dead`.
     pub status: String,
+    /// `webhook`, or `events_api` when the Events API tail stored it first.
+    pub source: String,
     /// Attempts recorded so far (applied, or failed).
     pub attempts: i32,
     /// When the receiver stored it.
@@ -307,7 +337,7 @@ pub async fn list(
     sqlx::query_as!(
         Summary,
         r#"
-        SELECT id, event, status, attempts, received_at, last_error
+        SELECT id, event, status, source, attempts, received_at, last_error
         FROM workos.inbox
         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR event = $2)
         ORDER BY received_at DESC, id
@@ -338,7 +368,7 @@ pub struct Row {
 pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
-        SELECT id, event, status, attempts, received_at, last_error,
+        SELECT id, event, status, source, attempts, received_at, last_error,
                payload, available_at, finished_at
         FROM workos.inbox WHERE id = $1
         "#,
@@ -351,6 +381,7 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
             id: row.id,
             event: row.event,
             status: row.status,
+            source: row.source,
             attempts: row.attempts,
             received_at: row.received_at,
             last_error: row.last_error,

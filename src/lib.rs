@@ -5,6 +5,7 @@
 //!   through [`ingest`] (group commit) into the [`inbox`];
 //! - [`worker`]: drains the inbox into [`handler`]s, the built-in [`directory`] one keeping
 //!   the synced tables;
+//! - [`reconcile`]: finds and repairs what webhooks missed, from WorkOS's API ([`workos_api`]);
 //! - [`app`]: builds all of it from a [`config::Config`]; [`telemetry`]: logging.
 //!
 //! `docs/ARCHITECTURE.md` tells how the parts fit together.
@@ -18,10 +19,12 @@ pub mod inbox;
 pub mod ingest;
 pub mod metrics;
 pub mod receiver;
+pub mod reconcile;
 pub mod sender;
 pub mod signature;
 pub mod telemetry;
 pub mod worker;
+pub mod workos_api;
 
 pub use app::{Role, Service};
 pub use directory::DirectoryHandler;

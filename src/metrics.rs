@@ -31,6 +31,77 @@ struct StatusLabels {
     status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    table: &'static str,
+    kind: &'static str,
+}
+
+/// Reconciliation's metrics (`src/reconcile/`): the tail's counter, and gauges read from the
+/// database at each scrape.
+struct ReconcileMetrics {
+    events_recovered: Counter,
+    cursor_age_seconds: Gauge<f64, AtomicU64>,
+    drift: Family<DriftLabels, Gauge>,
+    last_success_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl ReconcileMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = ReconcileMetrics {
+            events_recovered: Counter::default(),
+            cursor_age_seconds: Gauge::default(),
+            drift: Family::default(),
+            last_success_seconds: Gauge::default(),
+        };
+        registry.register(
+            "events_recovered",
+            "Events the Events API tail stored that no webhook had delivered",
+            metrics.events_recovered.clone(),
+        );
+        registry.register(
+            "events_cursor_age_seconds",
+            "Age of the Events API tail's cursor (its event's created_at; WorkOS keeps 30 days)",
+            metrics.cursor_age_seconds.clone(),
+        );
+        registry.register(
+            "reconcile_drift",
+            "Drift the last full snapshot reconciliation found (and repaired), by table and kind",
+            metrics.drift.clone(),
+        );
+        registry.register(
+            "reconcile_last_success_timestamp_seconds",
+            "When the last full snapshot reconciliation finished without error (Unix time)",
+            metrics.last_success_seconds.clone(),
+        );
+        metrics
+    }
+
+    async fn refresh(&self, pool: &PgPool) {
+        match crate::reconcile::status(pool).await {
+            Ok(status) => {
+                if let Some(age) = status.cursor_age_seconds {
+                    self.cursor_age_seconds.set(age);
+                }
+                if let Some(run) = status.last_run {
+                    self.last_success_seconds
+                        .set(run.finished_at.timestamp_millis() as f64 / 1000.0);
+                    let drift: crate::reconcile::Drift =
+                        serde_json::from_value(run.drift).unwrap_or_default();
+                    for (table, kind, count) in drift.entries() {
+                        self.drift
+                            .get_or_create(&DriftLabels { table, kind })
+                            .set(count as i64);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot read the reconciliation state for metrics")
+            }
+        }
+    }
+}
+
 /// The service's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -42,6 +113,7 @@ pub struct Metrics {
     commit_rows: Histogram,
     inbox_depth: Family<StatusLabels, Gauge>,
     oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    reconcile: ReconcileMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,7 +176,9 @@ impl Metrics {
             "Age of the oldest pending inbox row (0 when there is none)",
             oldest_pending_seconds.clone(),
         );
+        let reconcile = ReconcileMetrics::register(&mut registry);
         Arc::new(Metrics {
+            reconcile,
             registry,
             deliveries,
             request_seconds,
@@ -149,6 +223,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts events the Events API tail recovered (stored first, before any webhook).
+    pub fn events_recovered(&self, count: u64) {
+        self.reconcile.events_recovered.inc_by(count);
+    }
+
     /// Reads the inbox gauges from Postgres and renders everything in the Prometheus text
     /// format. If the database does not answer, the gauges keep their last values.
     pub async fn render(&self, pool: &PgPool) -> String {
@@ -166,6 +245,7 @@ impl Metrics {
                 tracing::warn!(error = %error, "cannot read the inbox backlog for metrics")
             }
         }
+        self.reconcile.refresh(pool).await;
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

@@ -94,6 +94,7 @@ async fn inbox_commands_show_and_mend_the_inbox(pool: PgPool) {
             .find(|line| line.starts_with(status))
             .unwrap_or_else(|| panic!("{stdout}"));
         assert_eq!(line.split_whitespace().nth(1), Some("1"), "{line}");
+        assert_eq!(line.split_whitespace().nth(2), Some("webhook"), "{line}");
     }
 
     let (ok, stdout, _) = dsyncd(&pool, &["inbox", "list", "--status", "dead"], &[]).await;

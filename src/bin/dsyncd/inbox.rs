@@ -68,10 +68,13 @@ pub async fn run(config: &Config, command: InboxCommand) -> anyhow::Result<()> {
     match command {
         InboxCommand::Stats => {
             let stats = inbox::stats(&pool).await?;
-            println!("{:<12} {:>10}  oldest", "status", "rows");
+            println!("{:<12} {:>10}  {:<12} oldest", "status", "rows", "source");
             for row in stats {
                 let oldest = row.oldest.map(|t| t.to_rfc3339()).unwrap_or_default();
-                println!("{:<12} {:>10}  {oldest}", row.status, row.count);
+                println!(
+                    "{:<12} {:>10}  {:<12} {oldest}",
+                    row.status, row.count, row.source
+                );
             }
         }
         InboxCommand::List {
@@ -81,16 +84,17 @@ pub async fn run(config: &Config, command: InboxCommand) -> anyhow::Result<()> {
         } => {
             let rows = inbox::list(&pool, status.as_deref(), event.as_deref(), limit).await?;
             println!(
-                "{:<32} {:<28} {:<10} {:>8}  {:<25}  last error",
-                "id", "event", "status", "attempts", "received"
+                "{:<32} {:<28} {:<10} {:<10} {:>8}  {:<25}  last error",
+                "id", "event", "status", "source", "attempts", "received"
             );
             for row in rows {
                 let error = row.last_error.unwrap_or_default();
                 println!(
-                    "{:<32} {:<28} {:<10} {:>8}  {:<25}  {}",
+                    "{:<32} {:<28} {:<10} {:<10} {:>8}  {:<25}  {}",
                     row.id,
                     row.event,
                     row.status,
+                    row.source,
                     row.attempts,
                     row.received_at.to_rfc3339(),
                     error.lines().next().unwrap_or_default()
@@ -105,6 +109,7 @@ pub async fn run(config: &Config, command: InboxCommand) -> anyhow::Result<()> {
             println!("id:           {}", summary.id);
             println!("event:        {}", summary.event);
             println!("status:       {}", summary.status);
+            println!("source:       {}", summary.source);
             println!("attempts:     {}", summary.attempts);
             println!("received_at:  {}", summary.received_at.to_rfc3339());
             println!("available_at: {}", row.available_at.to_rfc3339());

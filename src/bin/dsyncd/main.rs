@@ -2,6 +2,7 @@
 //! in the library; the operator commands' output is in the modules next to this file.
 
 mod inbox;
+mod reconcile;
 mod send;
 
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ enum Command {
     /// Look at the inbox, requeue dead events, re-apply stored ones.
     #[command(subcommand)]
     Inbox(inbox::InboxCommand),
+    /// Compare the synced tables with WorkOS's API and repair them (needs WORKOS_API_KEY);
+    /// prints the drift found.
+    Reconcile(reconcile::ReconcileArgs),
     /// Sign and post a sample event (or a body of yours) as WorkOS would.
     Send(send::SendArgs),
     /// Check the configuration.
@@ -83,6 +87,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Inbox(command) => inbox::run(&config, command).await,
         Command::Send(args) => send::run(&config, args).await,
+        Command::Reconcile(args) => reconcile::run(&config, args).await,
         Command::Healthcheck { url } => {
             let url = url.unwrap_or_else(|| send::own_url(&config, "/readyz"));
             let response = send::client()
