@@ -214,3 +214,93 @@ fn debug_output_of_the_configuration_and_the_verifier_hides_secrets() {
     assert!(printed[0].contains("[redacted]"), "{}", printed[0]);
     assert!(printed[2].contains("secrets: 2"), "{}", printed[2]);
 }
+
+// The API key, the bearer header and WorkOS's answers stay out of the logs of reconciliation,
+// through retries, failures and a refused key.
+#[sqlx::test]
+async fn the_workos_api_key_and_answers_stay_out_of_logs(pool: PgPool) {
+    use crate::fake_workos::{self, Failure, FakeWorkos};
+    use dsyncd::reconcile::{snapshot, Options, Reconciler};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let fake = FakeWorkos::start().await;
+    let mut config = TestApp::config();
+    config.workos.api_key = Some(Secret::new(fake_workos::API_KEY));
+    config.workos.base_url = fake.url.clone();
+    config.workos.backoff_base_ms = 10;
+    let reconciler = Reconciler::new(&config, pool.clone(), dsyncd::metrics::Metrics::new())
+        .unwrap()
+        .unwrap();
+    {
+        let mut workos = fake.lock();
+        workos.put_directory(fake_workos::directory(
+            "directory_secrecy",
+            "2026-03-01T00:00:00.000Z",
+        ));
+        workos.put_user(
+            fake_workos::user(
+                "directory_user_s",
+                "directory_secrecy",
+                EMAIL,
+                "2026-03-01T00:00:00.000Z",
+            ),
+            true,
+        );
+        workos.fail("/directory_users", Failure::Status(500));
+        workos.fail("/directory_users", Failure::RateLimited(0));
+    }
+    reconciler.restart().await.unwrap();
+    {
+        let mut workos = fake.lock();
+        workos.put_user(
+            fake_workos::user(
+                "directory_user_t",
+                "directory_secrecy",
+                EMAIL,
+                "2026-03-02T00:00:00.000Z",
+            ),
+            true,
+        );
+        workos.fail("/events", Failure::Status(502));
+    }
+    reconciler.tail().step().await.unwrap();
+    // A refused key.
+    let bad_key = "sk_test_bad_key_secrecy_3391";
+    config.workos.api_key = Some(Secret::new(bad_key));
+    let client = dsyncd::workos_api::Client::new(&config.workos, Secret::new(bad_key)).unwrap();
+    let error = snapshot::run(&pool, &client, &Options::default())
+        .await
+        .unwrap_err();
+    tracing::error!(error = %error, "reconciliation stopped");
+
+    let logs = captured.text();
+    for expected in [
+        "WorkOS request failed; retrying",
+        "snapshot reconciliation finished",
+        "WORKOS_API_KEY",
+    ] {
+        assert!(
+            logs.contains(expected),
+            "no {expected:?} in the logs:\n{logs}"
+        );
+    }
+    for secret in [
+        fake_workos::API_KEY,
+        bad_key,
+        "Bearer",
+        EMAIL,
+        "Internal error",
+        "Too many requests",
+    ] {
+        assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
+    }
+}
