@@ -237,7 +237,8 @@ impl Reconciler {
 /// What the metrics read from the database at each scrape (the same on every replica).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Status {
-    /// Age of the cursor's event, if there is one.
+    /// Age of the cursor's event (before the first one: of the tail's `range_start`), if the
+    /// tail has started.
     pub cursor_age_seconds: Option<f64>,
     /// The last successful full snapshot run.
     pub last_run: Option<store::LastRun>,
@@ -249,7 +250,7 @@ pub async fn status(pool: &PgPool) -> Result<Status, sqlx::Error> {
     let cursor = store::cursor(&mut conn).await?;
     drop(conn);
     let cursor_age_seconds = cursor
-        .and_then(|cursor| cursor.event_created_at.or(Some(cursor.range_start)))
+        .map(|cursor| cursor.event_created_at.unwrap_or(cursor.range_start))
         .map(|at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0);
     Ok(Status {
         cursor_age_seconds,

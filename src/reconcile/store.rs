@@ -285,70 +285,59 @@ pub(crate) async fn unlisted(
     after: &str,
     limit: i64,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
+    // One statement per table (a checked query cannot take a table name as a parameter):
+    // the table, the function that turns its row into the event form, the listing's kind,
+    // and which rows the run is about.
+    macro_rules! unlisted {
+        ($table:literal, $as_event:literal, $kind:literal, $scope:literal) => {
+            sqlx::query!(
+                r#"SELECT s.id, "#
+                    + $as_event
+                    + r#"(s)::text AS "object!"
+                FROM "#
+                    + $table
+                    + r#" AS s
+                WHERE s.deleted_at IS NULL AND s.synced_at < $2 AND s.id > $3 AND "#
+                    + $scope
+                    + r#"
+                  AND NOT EXISTS (SELECT 1 FROM workos.reconcile_listed AS l
+                                  WHERE l.run_id = $1 AND l.kind = "#
+                    + $kind
+                    + r#" AND l.id = s.id)
+                ORDER BY s.id LIMIT $5
+                "#,
+                run_id,
+                since,
+                after,
+                directory_id,
+                limit,
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row.object))
+            .collect()
+        };
+    }
     let rows = match kind {
-        Kind::Directory => sqlx::query!(
-            r#"
-            SELECT d.id, workos.directory_as_event(d)::text AS "object!"
-            FROM workos.directories AS d
-            WHERE d.deleted_at IS NULL AND d.synced_at < $2 AND d.id > $3
-              AND ($4::text IS NULL OR d.id = $4)
-              AND NOT EXISTS (SELECT 1 FROM workos.reconcile_listed AS l
-                              WHERE l.run_id = $1 AND l.kind = 'directory' AND l.id = d.id)
-            ORDER BY d.id LIMIT $5
-            "#,
-            run_id,
-            since,
-            after,
-            directory_id,
-            limit,
-        )
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|row| (row.id, row.object))
-        .collect(),
-        Kind::User => sqlx::query!(
-            r#"
-            SELECT u.id, workos.user_as_event(u)::text AS "object!"
-            FROM workos.directory_users AS u
-            WHERE u.directory_id = $4 AND u.deleted_at IS NULL AND u.synced_at < $2
-              AND u.id > $3
-              AND NOT EXISTS (SELECT 1 FROM workos.reconcile_listed AS l
-                              WHERE l.run_id = $1 AND l.kind = 'user' AND l.id = u.id)
-            ORDER BY u.id LIMIT $5
-            "#,
-            run_id,
-            since,
-            after,
-            directory_id,
-            limit,
-        )
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|row| (row.id, row.object))
-        .collect(),
-        Kind::Group => sqlx::query!(
-            r#"
-            SELECT g.id, workos.group_as_event(g)::text AS "object!"
-            FROM workos.directory_groups AS g
-            WHERE g.directory_id = $4 AND g.deleted_at IS NULL AND g.synced_at < $2
-              AND g.id > $3
-              AND NOT EXISTS (SELECT 1 FROM workos.reconcile_listed AS l
-                              WHERE l.run_id = $1 AND l.kind = 'group' AND l.id = g.id)
-            ORDER BY g.id LIMIT $5
-            "#,
-            run_id,
-            since,
-            after,
-            directory_id,
-            limit,
-        )
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|row| (row.id, row.object))
-        .collect(),
+        Kind::Directory => unlisted!(
+            "workos.directories",
+            "workos.directory_as_event",
+            "'directory'",
+            "($4::text IS NULL OR s.id = $4)"
+        ),
+        Kind::User => unlisted!(
+            "workos.directory_users",
+            "workos.user_as_event",
+            "'user'",
+            "s.directory_id = $4"
+        ),
+        Kind::Group => unlisted!(
+            "workos.directory_groups",
+            "workos.group_as_event",
+            "'group'",
+            "s.directory_id = $4"
+        ),
     };
     Ok(rows)
 }

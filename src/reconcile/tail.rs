@@ -48,7 +48,8 @@ pub enum Step {
 pub enum Restart {
     /// The tail never ran (a new install, or an API key just added).
     NoCursor,
-    /// The cursor's event is older than `reconcile.cursor_max_age_days`.
+    /// The cursor's event (or, before the first one, the tail's `range_start`) is older than
+    /// `reconcile.cursor_max_age_days`.
     TooOld {
         /// Its age in days.
         age_days: i64,
@@ -87,13 +88,13 @@ impl Tail {
             return Ok(Step::NeedsSnapshot(Restart::NoCursor));
         };
         drop(conn);
-        if let Some(created_at) = cursor.event_created_at {
-            let age = Utc::now() - created_at;
-            if age > self.max_age {
-                return Ok(Step::NeedsSnapshot(Restart::TooOld {
-                    age_days: age.num_days(),
-                }));
-            }
+        // Before its first event the tail's position is its `range_start`: just as old.
+        let position = cursor.event_created_at.unwrap_or(cursor.range_start);
+        let age = Utc::now() - position;
+        if age > self.max_age {
+            return Ok(Step::NeedsSnapshot(Restart::TooOld {
+                age_days: age.num_days(),
+            }));
         }
         let page = match self.fetch(&cursor).await {
             Ok(page) => page,

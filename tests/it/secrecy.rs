@@ -39,6 +39,23 @@ impl Captured {
     }
 }
 
+/// Captures everything logged on this thread, at every level, while the guard lives.
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have met a callsite first, while no subscriber wanted it, and
+    // tracing caches that "never": recompute every callsite's interest with this one in place.
+    tracing::callsite::rebuild_interest_cache();
+    (captured, guard)
+}
+
 /// A `dsync.user.created` carrying [`EMAIL`], with `data` changed by `edit`.
 fn user_event(id: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
     let mut data = json!({
@@ -68,18 +85,7 @@ fn v1_of(header: &str) -> String {
 // where the subscriber below is the default.
 #[sqlx::test]
 async fn secrets_and_directory_data_stay_out_of_logs_and_error_responses(pool: PgPool) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
-    // Another test's thread may have met a callsite first, while no subscriber wanted it, and
-    // tracing caches that "never": recompute every callsite's interest with this one in place.
-    tracing::callsite::rebuild_interest_cache();
+    let (captured, _logging) = capture_logs();
 
     let mut config = TestApp::config();
     config.server.body_limit_bytes = 4096;
@@ -222,15 +228,7 @@ async fn the_workos_api_key_and_answers_stay_out_of_logs(pool: PgPool) {
     use crate::fake_workos::{self, Failure, FakeWorkos};
     use dsyncd::reconcile::{snapshot, Options, Reconciler};
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let (captured, _logging) = capture_logs();
 
     let fake = FakeWorkos::start().await;
     let mut config = TestApp::config();
