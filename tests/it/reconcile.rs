@@ -912,3 +912,38 @@ async fn a_dsyncd_that_missed_deliveries_converges_by_itself_within_a_minute(poo
             .unwrap();
     assert!(webhook_sources > 0);
 }
+
+#[sqlx::test]
+async fn a_snapshot_of_one_directory_leaves_the_others_alone(pool: PgPool) {
+    let fake = FakeWorkos::start().await;
+    delivered(&pool, &initial_state(&fake)).await;
+    lost_changes(&fake);
+    let before = tables(&pool).await;
+
+    let env = [
+        ("WORKOS_API_KEY", API_KEY),
+        ("WORKOS_BASE_URL", fake.url.as_str()),
+    ];
+    let (ok, stdout, stderr) =
+        dsyncd(&pool, &["reconcile", "--directory", "directory_2"], &env).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("repaired"), "{stdout}");
+    let after = tables(&pool).await;
+    assert_eq!(after.directories, ["directory_1", "directory_2"]);
+    let mut users = before.users.clone();
+    users.push(("directory_user_5".into(), Some("eve@example.com".into())));
+    assert_eq!(after.users, users, "only directory_2's user is added");
+    assert_eq!(after.groups, before.groups);
+    assert_eq!(after.memberships, before.memberships);
+    // Only the one directory's users and groups were listed.
+    let listed: Vec<String> = fake
+        .seen("/directory_users")
+        .iter()
+        .chain(fake.seen("/directory_groups").iter())
+        .filter_map(|seen| seen.query.get("directory").cloned())
+        .collect();
+    assert!(
+        !listed.is_empty() && listed.iter().all(|d| d == "directory_2"),
+        "{listed:?}"
+    );
+}
