@@ -32,6 +32,8 @@ pub enum Failure {
     RateLimited(u64),
     /// Answer normally, after this long.
     Slow(Duration),
+    /// Answer normally, once the test says so.
+    Hold(Arc<tokio::sync::Notify>),
 }
 
 /// A request the stand-in received.
@@ -288,7 +290,7 @@ async fn gate(
                     .insert("retry-after", seconds.to_string().parse().unwrap());
                 Some(response)
             }
-            Some(Failure::Slow(_)) | None => None,
+            Some(Failure::Slow(_) | Failure::Hold(_)) | None => None,
         }
     };
     // Recorded on arrival: a client may give up on a slow answer.
@@ -300,8 +302,10 @@ async fn gate(
         key,
         status,
     });
-    if let Some(Failure::Slow(duration)) = failure {
-        tokio::time::sleep(duration).await;
+    match failure {
+        Some(Failure::Slow(duration)) => tokio::time::sleep(duration).await,
+        Some(Failure::Hold(release)) => release.notified().await,
+        _ => {}
     }
     response
 }

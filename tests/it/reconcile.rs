@@ -692,9 +692,11 @@ fn client(config: &Config) -> dsyncd::workos_api::Client {
 #[sqlx::test]
 async fn a_snapshot_never_undoes_an_event_that_arrived_during_the_listing(pool: PgPool) {
     let fake = FakeWorkos::start().await;
-    let config = config(&fake);
+    let mut config = config(&fake);
+    config.workos.timeout_ms = 60_000;
     delivered(&pool, &initial_state(&fake)).await;
-    // WorkOS lists user 1 as changed at t(5); the listing of users is slow.
+    // WorkOS lists user 1 as changed at t(5); the listing of users is answered only once the
+    // test has applied the webhooks below.
     fake.lock().put_user(
         user(
             "directory_user_1",
@@ -704,8 +706,9 @@ async fn a_snapshot_never_undoes_an_event_that_arrived_during_the_listing(pool: 
         ),
         false,
     );
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
     fake.lock()
-        .fail("/directory_users", Failure::Slow(Duration::from_secs(2)));
+        .fail("/directory_users", Failure::Hold(release.clone()));
     let run = tokio::spawn({
         let pool = pool.clone();
         let client = client(&config);
@@ -733,6 +736,7 @@ async fn a_snapshot_never_undoes_an_event_that_arrived_during_the_listing(pool: 
         user("directory_user_9", "directory_1", "new@example.com", &t(9)),
     );
     delivered(&pool, &[newer, new_user]).await;
+    release.notify_one();
     let report = run.await.unwrap().unwrap();
     assert_eq!(report.drift.users.stale, 0, "{:?}", report.drift);
     assert_eq!(report.drift.users.deleted, 0, "{:?}", report.drift);
