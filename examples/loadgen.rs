@@ -54,6 +54,14 @@ struct Args {
     /// Write the event ids answered 2xx to this file, one per line.
     #[arg(long)]
     acknowledged_file: Option<std::path::PathBuf>,
+    /// The directory the users belong to (`data.directory_id`; default: the sample's).
+    #[arg(long)]
+    directory: Option<String>,
+    /// With `--changes-database`: write one line per delivery answered 2xx to this file,
+    /// `<answered, Unix ms> <lag ms, or -1 if never seen applied>`, so that a percentile can
+    /// be taken over a window (bench/scale).
+    #[arg(long)]
+    lags_file: Option<std::path::PathBuf>,
 }
 
 struct Delivery {
@@ -81,6 +89,9 @@ fn deliveries(args: &Args) -> Vec<Delivery> {
             body["data"]["id"] = json!(user_id);
             body["data"]["idp_id"] = json!(format!("{n}"));
             body["data"]["email"] = json!(format!("user{n}@example.com"));
+            if let Some(directory) = &args.directory {
+                body["data"]["directory_id"] = json!(directory);
+            }
             // Pad the sample (about 860 bytes) to the size the bars speak of, about 1 KB.
             let raw = &mut body["data"]["raw_attributes"];
             raw["title"] = json!("Senior Software Engineer, Platform");
@@ -338,6 +349,24 @@ async fn main() -> anyhow::Result<()> {
                 Some(at.saturating_duration_since(*answered))
             })
             .collect();
+        if let Some(path) = &args.lags_file {
+            // Instants to wall-clock time: both clocks read now, once.
+            let (now, now_ms) = (Instant::now(), unix_ms() as f64);
+            let lines: String = outcomes
+                .iter()
+                .filter(|o| (200..300).contains(&o.0))
+                .map(|(_, _, answered, index)| {
+                    let at = now_ms - now.duration_since(*answered).as_secs_f64() * 1000.0;
+                    let lag = applied
+                        .get(&deliveries[*index].user_id)
+                        .map_or(-1.0, |seen| {
+                            seen.saturating_duration_since(*answered).as_secs_f64() * 1000.0
+                        });
+                    format!("{at:.1} {lag:.2}\n")
+                })
+                .collect();
+            std::fs::write(path, lines)?;
+        }
         lags.sort();
         report["applied"] = json!(lags.len());
         report["lag_p50_ms"] = json!(percentile(&lags, 50.0));

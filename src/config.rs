@@ -212,7 +212,8 @@ pub struct WorkerConfig {
     /// Batches applied at once by one process, each on a connection of its own.
     pub concurrency: u32,
     /// How long a batch may sit idle in its transaction (a handler stuck outside the database)
-    /// before Postgres ends the session and its events are claimed again.
+    /// before Postgres ends the session and its events are claimed again; also the longest
+    /// statement of a batch (`database.timeout_ms` bounds the receiver's).
     pub lease_secs: u64,
     /// Polling interval when no notification arrives.
     pub poll_interval_ms: u64,

@@ -1,0 +1,132 @@
+"""Turns bench/scale's results (JSON lines) into the Markdown tables of BENCHMARKS.md, one
+column per binary, with the bars."""
+import json
+import platform
+import subprocess
+import sys
+from collections import defaultdict
+
+rows = [json.loads(line) for line in open(sys.argv[1])]
+binaries = list(dict.fromkeys(r["binary"] for r in rows))
+by = defaultdict(list)
+for r in rows:
+    by[(r["binary"], r["kind"])].append(r)
+
+
+def mean(values):
+    return sum(values) / len(values) if values else float("nan")
+
+
+def p99(lags, start=None, end=None):
+    """p99 of the lags (ms) of deliveries answered in [start, end] (Unix s); unseen = inf."""
+    chosen = [
+        (lag if lag >= 0 else float("inf"))
+        for at, lag in lags
+        if (start is None or at / 1000 >= start) and (end is None or at / 1000 <= end)
+    ]
+    if not chosen:
+        return float("nan"), 0
+    chosen.sort()
+    rank = max(1, -(-99 * len(chosen) // 100))
+    return chosen[rank - 1], len(chosen)
+
+
+def fmt(value, digits=0):
+    if value != value:
+        return "n/a"
+    if value == float("inf"):
+        return "never"
+    return f"{value:,.{digits}f}"
+
+
+table = []  # (what, bar, {binary: (text, holds)})
+
+
+def add(what, bar, values):
+    table.append((what, bar, values))
+
+
+raw = defaultdict(dict)
+for b in binaries:
+    drains = by[(b, "drain")]
+    small = [d["events"] / d["seconds"] for d in drains if d["events"] == 100000]
+    large = [d["events"] / d["seconds"] for d in drains if d["events"] == 1000000]
+    if small and large:
+        ratio = mean(large) / mean(small)
+        raw[b]["drain"] = (
+            f"{fmt(mean(large))}/s vs {' and '.join(fmt(s) for s in small)}/s = {ratio:.2f}",
+            ratio >= 0.8,
+        )
+    ingests = by[(b, "ingest")]
+    empty = [i["run"]["throughput"] for i in ingests if i["inbox"] == "empty"]
+    full = [i for i in ingests if i["inbox"] == "full"]
+    if empty and full:
+        ratio = mean([f["run"]["throughput"] for f in full]) / mean(empty)
+        swept = sum(f["swept"] for f in full)
+        p99s = "/".join(f"{i['run']['p99_ms']:.1f}" for i in ingests)
+        raw[b]["ingest"] = (
+            f"{fmt(mean([f['run']['throughput'] for f in full]))}/s vs "
+            f"{' and '.join(fmt(e) for e in empty)}/s = {ratio:.2f} ({swept:,} swept meanwhile; p99 {p99s} ms)",
+            ratio >= 0.8,
+        )
+    for d in by[(b, "deletion")]:
+        seconds = d["done"] - d["answered"] if d["done"] > 0 else float("inf")
+        raw[b]["deletion"] = (f"{fmt(seconds, 2)} s ({d['live_after']} live after)", seconds <= 5)
+        end = d["done"] if d["done"] > 0 else None
+        during, n = p99(d["lags"], d["answered"], end)
+        overall, total = p99(d["lags"])
+        raw[b]["deletion_other"] = (
+            f"{fmt(during, 1)} ms over the {n} answered during it ({fmt(overall, 1)} ms over all {total})",
+            during <= 1000,
+        )
+    fair = by[(b, "fairness")]
+    alone = [f for f in fair if f["mode"] == "alone"]
+    shared = [f for f in fair if f["mode"] == "shared"]
+    if alone and shared:
+        rate = lambda f: f["run"]["ok"] / (f["finished"] - f["started"])
+        ratio = mean([rate(f) for f in shared]) / mean([rate(f) for f in alone])
+        raw[b]["fair_a"] = (
+            f"{fmt(mean([rate(f) for f in shared]))}/s vs {fmt(mean([rate(f) for f in alone]))}/s alone = {ratio:.2f}",
+            ratio >= 0.8,
+        )
+        s = shared[0]
+        during, n = p99(s["lags"], s["started"], s["finished"])
+        overall, total = p99(s["lags"])
+        raw[b]["fair_b"] = (
+            f"{fmt(during, 1)} ms over the {n} answered during A's sync ({fmt(overall, 1)} ms over all {total})",
+            during <= 1000,
+        )
+    peaks = defaultdict(float)
+    for r in rows:
+        if r["binary"] == b:
+            for role, mb in r.get("rss_mb", {}).items():
+                peaks[role] = max(peaks[role], mb)
+    if peaks:
+        raw[b]["rss"] = (
+            ", ".join(f"{role} {mb} MB" for role, mb in sorted(peaks.items())),
+            max(peaks.values()) <= 32,
+        )
+
+bars = [
+    ("drain", "drain from 1,000,000 stored events >= 0.8 x from 100,000"),
+    ("ingest", "ingest at 64 into 1,000,000 finished rows >= 0.8 x into an empty inbox"),
+    ("deletion", "dsync.deleted of 100k users/1k groups/300k memberships: 200 to all deleted <= 5 s"),
+    ("deletion_other", "meanwhile, another directory at 50/s: 200-to-applied p99 <= 1 s"),
+    ("fair_a", "A's first sync of 200,000 with B at 20/s: A's drain >= 0.8 x alone"),
+    ("fair_b", "B's 200-to-applied p99 during A's sync <= 1 s"),
+    ("rss", "peak RSS of each role <= 32 MB"),
+]
+cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+print(f"Machine: {cpu} cores, {platform.machine()}, {platform.release()}")
+print()
+print("| bar | " + " | ".join(binaries) + " |")
+print("|---|" + "---|" * len(binaries))
+for key, name in bars:
+    cells = []
+    for b in binaries:
+        if key in raw[b]:
+            text, holds = raw[b][key]
+            cells.append(f"{'yes' if holds else 'NO'}: {text}")
+        else:
+            cells.append("not run")
+    print(f"| {name} | " + " | ".join(cells) + " |")

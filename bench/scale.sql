@@ -1,0 +1,103 @@
+-- Fills for bench/scale, installed in each benchmark database (schema `bench`). They build the
+-- rows in SQL (INSERT … SELECT generate_series), much faster than posting them: the deliveries
+-- look like the load generator's (samples/dsync.user.created.json padded to ~1 KB), spread over
+-- many directories. They work on the schema of any dsyncd release: the inbox's `directory_id`
+-- column (migration 0008) is filled only where it exists.
+CREATE SCHEMA IF NOT EXISTS bench;
+
+-- The body of user event number `n` of directory `directory`, about 1 KB.
+CREATE FUNCTION bench.user_event(prefix text, n bigint, directory text, event text DEFAULT 'dsync.user.created')
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT '{"object":"event","id":"event_' || prefix || '_' || lpad(n::text, 8, '0')
+        || '","event":"' || event || '","data":{"object":"directory_user","id":"directory_user_'
+        || prefix || '_' || lpad(n::text, 8, '0') || '","directory_id":"' || directory
+        || '","organization_id":"org_' || directory || '","idp_id":"' || n
+        || '","email":"user' || n || '@example.com","first_name":"Marcelina","last_name":"Davis","name":null,"username":"user'
+        || n || '@example.com","emails":[{"primary":true,"type":"work","value":"user' || n
+        || '@example.com"}],"job_title":"Software Engineer","state":"active","role":{"slug":"member"},"roles":[{"slug":"member"}],'
+        || '"raw_attributes":{"department":"Engineering","manager":"2190","title":"Senior Software Engineer, Platform",'
+        || '"cost_center":"CC-1042 Platform Engineering","location":"Berlin, Germany","employee_number":"'
+        || lpad(n::text, 8, '0') || '"},"custom_attributes":{"department":"Engineering"},'
+        || '"created_at":"2021-06-25T19:07:33.155Z","updated_at":"2021-06-25T19:07:33.155Z"},'
+        || '"created_at":"2021-06-25T19:07:33.155Z","context":{}}'
+$$;
+
+-- Stores `count` user events (`prefix`, numbered from 0) of `directories` directories
+-- (`directory_<prefix>_<k>`, round robin) in the inbox. `finished_from`/`finished_to` NULL:
+-- pending; otherwise `done`, finished at times spread evenly between the two.
+CREATE FUNCTION bench.fill_inbox(prefix text, count bigint, directories int,
+                                 finished_from timestamptz DEFAULT NULL,
+                                 finished_to timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    has_directory boolean := EXISTS (
+        SELECT 1 FROM information_schema.columns
+        WHERE table_schema = 'workos' AND table_name = 'inbox' AND column_name = 'directory_id');
+BEGIN
+    EXECUTE format($f$
+        INSERT INTO workos.inbox (id, event, payload, status, attempts, received_at, available_at,
+                                  finished_at %s)
+        SELECT 'event_' || $1 || '_' || lpad(g::text, 8, '0'), 'dsync.user.created',
+               bench.user_event($1, g, d), s.status, s.attempts, s.at, s.at, s.finished %s
+        FROM generate_series(0, $2 - 1) AS g,
+             LATERAL (SELECT 'directory_' || $1 || '_' || (g %% $3) AS d) AS dir,
+             LATERAL (
+                 SELECT CASE WHEN $4 IS NULL THEN 'pending' ELSE 'done' END AS status,
+                        CASE WHEN $4 IS NULL THEN 0 ELSE 1 END AS attempts,
+                        COALESCE($4 + ($5 - $4) * (g::float8 / $2), now()) AS at,
+                        $4 + ($5 - $4) * (g::float8 / $2) AS finished
+             ) AS s
+        $f$,
+        CASE WHEN has_directory THEN ', directory_id' ELSE '' END,
+        CASE WHEN has_directory THEN ', dir.d' ELSE '' END)
+    USING prefix, count, directories, finished_from, finished_to;
+END;
+$$;
+
+-- A directory `directory` with `users` users, `groups` groups and each user in
+-- `per_user` groups, stored in the synced tables as applying their events would have.
+CREATE FUNCTION bench.fill_directory(directory text, users int, groups int, per_user int)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO workos.directories (id, organization_id, name, type, state, created_at, updated_at,
+                                    last_event_id, last_event)
+    VALUES (directory, 'org_' || directory, 'Bench directory', 'generic scim v2.0', 'active',
+            '2021-06-25T19:07:33.155Z', '2021-06-25T19:07:33.155Z', 'event_' || directory, 'dsync.activated');
+    INSERT INTO workos.directory_users (
+        id, directory_id, organization_id, idp_id, email, first_name, last_name, name, username,
+        job_title, state, emails, role, roles, custom_attributes, raw_attributes, created_at,
+        updated_at, last_event_id, last_event)
+    SELECT 'directory_user_' || directory || '_' || u, directory, 'org_' || directory, u::text,
+           'user' || u || '@example.com', 'Marcelina', 'Davis', NULL, 'user' || u || '@example.com',
+           'Software Engineer', 'active',
+           jsonb_build_array(jsonb_build_object('primary', true, 'type', 'work', 'value', 'user' || u || '@example.com')),
+           'member', ARRAY['member'], '{"department":"Engineering"}',
+           jsonb_build_object('department', 'Engineering', 'manager', '2190',
+                              'title', 'Senior Software Engineer, Platform',
+                              'cost_center', 'CC-1042 Platform Engineering',
+                              'location', 'Berlin, Germany', 'employee_number', lpad(u::text, 8, '0')),
+           '2021-06-25T19:07:33.155Z', '2021-06-25T19:07:33.155Z', 'event_u_' || directory || '_' || u,
+           'dsync.user.created'
+    FROM generate_series(0, users - 1) AS u;
+    INSERT INTO workos.directory_groups (id, directory_id, organization_id, idp_id, name,
+                                         raw_attributes, created_at, updated_at, last_event_id, last_event)
+    SELECT 'directory_group_' || directory || '_' || g, directory, 'org_' || directory, g::text,
+           'Group ' || g, '{"description":"Engineering org"}', '2021-06-25T19:07:33.155Z',
+           '2021-06-25T19:07:33.155Z', 'event_g_' || directory || '_' || g, 'dsync.group.created'
+    FROM generate_series(0, groups - 1) AS g;
+    INSERT INTO workos.directory_group_memberships (group_id, user_id, directory_id, organization_id,
+                                                    updated_at, last_event_id, last_event)
+    SELECT 'directory_group_' || directory || '_' || ((u * per_user + k) % groups),
+           'directory_user_' || directory || '_' || u, directory, 'org_' || directory,
+           '2021-06-25T19:08:00.000Z', 'event_m_' || directory || '_' || u || '_' || k,
+           'dsync.group.user_added'
+    FROM generate_series(0, users - 1) AS u, generate_series(0, per_user - 1) AS k;
+END;
+$$;
+
+-- Rows under `directory` that are still live, across the three tables.
+CREATE FUNCTION bench.live_under(directory text) RETURNS bigint LANGUAGE sql AS $$
+    SELECT (SELECT count(*) FROM workos.directory_users WHERE directory_id = directory AND deleted_at IS NULL)
+         + (SELECT count(*) FROM workos.directory_groups WHERE directory_id = directory AND deleted_at IS NULL)
+         + (SELECT count(*) FROM workos.directory_group_memberships WHERE directory_id = directory AND deleted_at IS NULL)
+$$;
