@@ -140,7 +140,10 @@ pub enum ClaimOrder {
 /// in: the rows stay locked until it ends, and other workers skip them. Nothing is written.
 ///
 /// `lease` bounds how long the transaction may then sit idle (a handler stuck outside the
-/// database) before Postgres ends the session, which releases the rows to other workers.
+/// database) before Postgres ends the session, which releases the rows to other workers, and
+/// how long each of its statements may run: a batch's writes (the cascade of a directory of
+/// 100,000 users among them) may take longer than the `database.timeout_ms` that bounds the
+/// receiver's, and would otherwise fail on every attempt (BENCHMARKS.md, "Scale").
 pub async fn claim(
     conn: &mut PgConnection,
     limit: i64,
@@ -156,7 +159,8 @@ pub async fn claim(
                 Claimed,
                 r#"
                 WITH lease AS (
-                    SELECT set_config('idle_in_transaction_session_timeout', $2, true)
+                    SELECT set_config('idle_in_transaction_session_timeout', $2, true),
+                           set_config('statement_timeout', $2, true)
                 )
                 SELECT i.id, i.event, i.payload, i.received_at, i.attempts
                 FROM workos.inbox AS i, lease
@@ -464,6 +468,9 @@ pub async fn purge_finished(
         WHERE id IN (
             SELECT id FROM workos.inbox
             WHERE status IN ('done', 'ignored') AND finished_at < $1
+            -- Along the finished rows' index: without an order, the generic plan of this
+            -- prepared statement scanned the whole table (seconds on a million rows).
+            ORDER BY finished_at
             LIMIT $2
             FOR UPDATE SKIP LOCKED
         )

@@ -403,3 +403,77 @@ async fn shutdown_stops_claiming_and_lets_the_batch_in_flight_finish(pool: PgPoo
         "nothing was claimed after shutdown"
     );
 }
+
+#[sqlx::test]
+async fn retention_deletes_the_oldest_expired_rows_first(pool: PgPool) {
+    // Stored in this order: the more recently finished expired rows lie first in the table.
+    let numbered =
+        |prefix: &str| -> Vec<String> { (0..30).map(|n| format!("{prefix}_{n:02}")).collect() };
+    let (newer, older) = (numbered("newer"), numbered("older"));
+    for ids in [&newer, &older] {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        store(&pool, &ids, "dsync.user.created").await;
+    }
+    sqlx::query(
+        "UPDATE workos.inbox SET status = 'done', attempts = 1,
+             finished_at = now() - CASE WHEN id LIKE 'older%' THEN interval '50 days'
+                                        ELSE interval '40 days' END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = chrono::Utc::now() - chrono::Duration::days(30);
+    assert_eq!(inbox::purge_finished(&pool, before, 30).await.unwrap(), 30);
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM workos.inbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, newer);
+}
+
+/// Applies each `dsync.user.*` event with a statement that runs for `0.5` s.
+struct Slow;
+
+#[async_trait::async_trait]
+impl EventHandler for Slow {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        event_type.starts_with("dsync.user.")
+    }
+
+    async fn handle(&self, conn: &mut PgConnection, _event: &Event) -> Result<(), HandlerError> {
+        sqlx::query("SELECT pg_sleep(0.5)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[sqlx::test]
+async fn a_batch_statement_may_outlast_the_receivers_statement_timeout(pool: PgPool) {
+    // The pool's sessions stop statements after 200 ms, as database.timeout_ms does for the
+    // receiver; a batch's statements (a large directory's cascade) get the lease instead.
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("statement_timeout", "200")]);
+    let strict = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let too_slow = sqlx::query("SELECT pg_sleep(0.5)").execute(&strict).await;
+    assert!(
+        too_slow.is_err(),
+        "the pool's own timeout applies outside batches"
+    );
+    store(&strict, &["e1"], "dsync.user.created").await;
+    let worker = Worker::new(strict.clone(), config()).with_handler(Slow);
+    let report = worker.run_until_empty().await.unwrap();
+    assert_eq!((report.finished, report.failed), (1, 0));
+    assert_eq!(status(&strict, "e1").await.0, "done");
+}
