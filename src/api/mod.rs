@@ -4,19 +4,21 @@
 //! §1–4 and §6 is the contract; README.md shows how to point each SDK here.
 //!
 //! This module owns everything about it: the routes and their state (here), parameter
-//! validation and pagination ([`params`]), the JSON objects ([`objects`]), the queries
-//! ([`sql`]), API keys ([`auth`]) and the error bodies ([`error`]). It only reads; the
+//! validation and pagination (`params`), the JSON objects (`objects`), the queries
+//! (`sql`), API keys (`auth`) and the error bodies ([`ApiError`]). It only reads; the
 //! receiver, the worker and the directory handler know nothing of it. Its queries go to the
 //! pool it is given (`database.read_url` when set).
 //!
 //! Only live rows are served (`deleted_at IS NULL`); a key limited to organizations sees
 //! only rows of those organizations, everything else being 404 or absent from lists.
 
-pub mod auth;
-pub mod error;
-pub mod objects;
-pub mod params;
-pub mod sql;
+mod auth;
+mod error;
+mod objects;
+mod params;
+mod sql;
+
+pub use self::error::{ApiError, FieldError};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +35,6 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use self::auth::{Keys, Scope};
-use self::error::ApiError;
 use self::objects::List;
 use self::params::{is_id, Filter, Page, Params};
 use self::sql::{Bound, DirectoryFilter, GroupsOf, Table, UsersOf};
@@ -195,7 +196,7 @@ async fn bound(
     };
     match sql::cursor(&api.inner.pool, table, scope, id).await? {
         Some(bound) => Ok(Some(bound)),
-        None => Err(ApiError::Validation(vec![error::FieldError {
+        None => Err(ApiError::Validation(vec![FieldError {
             field: match param {
                 params::CursorParam::Before => "before",
                 params::CursorParam::After => "after",
