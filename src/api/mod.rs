@@ -279,7 +279,11 @@ async fn list_users(
     let of = of.expect("validated");
     let bound = bound(&api, Table::Users, &scope, &page).await?;
     let rows = sql::users(&api.inner.pool, &scope, &of, &page, bound.as_ref()).await?;
-    Ok(page_response(&page, rows, |row| &row.id))
+    let (rows, before, after) = page.finish(rows, |row| &row.id);
+    Ok(json_response(
+        StatusCode::OK,
+        objects::raw_list(&rows, &before, &after),
+    ))
 }
 
 async fn get_user(
@@ -290,7 +294,8 @@ async fn get_user(
     const WHAT: &str = "Directory User";
     let id = path_id(path).ok_or(ApiError::NotFound(WHAT))?;
     let row = sql::user(&api.inner.pool, &scope, &id).await?;
-    row.map(|row| ok(&row)).ok_or(ApiError::NotFound(WHAT))
+    row.map(|row| json_response(StatusCode::OK, row.json.into_bytes()))
+        .ok_or(ApiError::NotFound(WHAT))
 }
 
 async fn list_groups(

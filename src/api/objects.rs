@@ -1,6 +1,7 @@
 //! The objects as WorkOS serves them (`API.md` §3.6), built from the rows of the synced
-//! tables: `directory` (the REST form), `directory_user` (with its `groups`) and
-//! `directory_group`, and the list envelope.
+//! tables: `directory` (the REST form) and `directory_group`, and the list envelope. A
+//! `directory_user` (with its `groups`) comes as JSON text that its query builds with the
+//! same rules (`sql::push_user_select`), spliced into the answer as it is ([`raw_list`]).
 //!
 //! Where a column is `NULL` but an SDK needs a string (the Rust SDK rejects `null` in
 //! `organization_id`, `idp_id`, `name`, `external_key`, `type`, `state`), the object carries
@@ -10,7 +11,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use sqlx::types::Json;
 
@@ -45,12 +46,6 @@ fn object<S: Serializer>(value: &StoredJson, serializer: S) -> Result<S::Ok, S::
         Some(Json(raw)) if is_json(value, '{') => raw.serialize(serializer),
         _ => serializer.serialize_map(Some(0))?.end(),
     }
-}
-
-/// `{"slug": …}`
-#[derive(Serialize)]
-struct Slug<'a> {
-    slug: &'a str,
 }
 
 /// `{"active": …, "inactive": …}`
@@ -146,9 +141,9 @@ impl Serialize for DirectoryRow {
     }
 }
 
-/// A live row of `workos.directory_groups`; also an element of a user's `groups`, where it
-/// comes as JSON built by the query.
-#[derive(Debug, sqlx::FromRow, Deserialize)]
+/// A live row of `workos.directory_groups`. (In a user's `groups` the same object is built
+/// by the user's query: `sql::push_user_select`.)
+#[derive(Debug, sqlx::FromRow)]
 pub struct GroupRow {
     pub id: String,
     pub idp_id: Option<String>,
@@ -196,97 +191,12 @@ impl Serialize for GroupRow {
     }
 }
 
-/// A live row of `workos.directory_users`, with its live groups.
+/// A live user as the JSON text of its whole `directory_user` object (with `groups`), built
+/// by its query (`sql::user`, `sql::users`): served as it comes, never parsed.
 #[derive(Debug, sqlx::FromRow)]
-pub struct UserRow {
+pub struct UserJson {
     pub id: String,
-    pub directory_id: String,
-    pub organization_id: Option<String>,
-    pub idp_id: Option<String>,
-    pub email: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub name: Option<String>,
-    pub username: Option<String>,
-    pub job_title: Option<String>,
-    pub state: Option<String>,
-    pub emails: StoredJson,
-    pub role: Option<String>,
-    pub roles: Option<Vec<String>>,
-    pub custom_attributes: StoredJson,
-    pub raw_attributes: StoredJson,
-    pub created_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-    /// The live groups it is a live member of, oldest first.
-    pub groups: Json<Vec<GroupRow>>,
-}
-
-#[derive(Serialize)]
-struct UserJson<'a> {
-    object: &'static str,
-    id: &'a str,
-    directory_id: &'a str,
-    #[serde(serialize_with = "text")]
-    organization_id: &'a Option<String>,
-    #[serde(serialize_with = "text")]
-    idp_id: &'a Option<String>,
-    email: &'a Option<String>,
-    first_name: &'a Option<String>,
-    last_name: &'a Option<String>,
-    name: &'a Option<String>,
-    username: &'a Option<String>,
-    job_title: &'a Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    emails: Option<&'a RawValue>,
-    #[serde(serialize_with = "text")]
-    state: &'a Option<String>,
-    #[serde(serialize_with = "object")]
-    raw_attributes: &'a StoredJson,
-    #[serde(serialize_with = "object")]
-    custom_attributes: &'a StoredJson,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<Slug<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    roles: Option<Vec<Slug<'a>>>,
-    #[serde(serialize_with = "created")]
-    created_at: &'a Option<DateTime<Utc>>,
-    #[serde(serialize_with = "time")]
-    updated_at: &'a DateTime<Utc>,
-    groups: &'a [GroupRow],
-}
-
-impl Serialize for UserRow {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        UserJson {
-            object: "directory_user",
-            id: &self.id,
-            directory_id: &self.directory_id,
-            organization_id: &self.organization_id,
-            idp_id: &self.idp_id,
-            email: &self.email,
-            first_name: &self.first_name,
-            last_name: &self.last_name,
-            name: &self.name,
-            username: &self.username,
-            job_title: &self.job_title,
-            emails: match &self.emails {
-                Some(Json(raw)) if is_json(&self.emails, '[') => Some(raw),
-                _ => None,
-            },
-            state: &self.state,
-            raw_attributes: &self.raw_attributes,
-            custom_attributes: &self.custom_attributes,
-            role: self.role.as_deref().map(|slug| Slug { slug }),
-            roles: self
-                .roles
-                .as_ref()
-                .map(|roles| roles.iter().map(|slug| Slug { slug }).collect()),
-            created_at: &self.created_at,
-            updated_at: &self.updated_at,
-            groups: &self.groups.0,
-        }
-        .serialize(serializer)
-    }
+    pub json: String,
 }
 
 /// `{"before": …, "after": …}`
@@ -315,9 +225,52 @@ impl<'a, T: Serialize> List<'a, T> {
     }
 }
 
+/// The list envelope around objects that are JSON text already, written as [`List`] would
+/// write it.
+pub fn raw_list(data: &[UserJson], before: &Option<String>, after: &Option<String>) -> Vec<u8> {
+    let objects: usize = data.iter().map(|object| object.json.len() + 1).sum();
+    let mut body = Vec::with_capacity(objects + 128);
+    body.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
+    for (i, object) in data.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(object.json.as_bytes());
+    }
+    body.extend_from_slice(b"],\"list_metadata\":");
+    serde_json::to_writer(&mut body, &ListMetadata { before, after }).expect("strings serialize");
+    body.push(b'}');
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raw_list_is_the_list_of_its_objects() {
+        let users = [
+            UserJson {
+                id: "u1".into(),
+                json: r#"{"id" : "u1", "groups" : []}"#.into(),
+            },
+            UserJson {
+                id: "u2".into(),
+                json: r#"{"id" : "u2", "groups" : [{"id" : "g"}]}"#.into(),
+            },
+        ];
+        let body = raw_list(&users, &None, &Some("u2".into()));
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"object": "list", "data": [{"id": "u1", "groups": []},
+                {"id": "u2", "groups": [{"id": "g"}]}],
+                "list_metadata": {"before": null, "after": "u2"}})
+        );
+        let empty: serde_json::Value =
+            serde_json::from_slice(&raw_list(&[], &None, &None)).unwrap();
+        assert_eq!(empty["data"], serde_json::json!([]));
+    }
 
     #[test]
     fn states_map_to_the_rest_form() {

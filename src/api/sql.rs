@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use super::auth::Scope;
-use super::objects::{DirectoryRow, GroupRow, UserRow};
+use super::objects::{DirectoryRow, GroupRow, UserJson};
 use super::params::Page;
 
 /// The position of a cursor's object in its list.
@@ -178,24 +178,62 @@ pub async fn directories(
 
 // ---- Users ----
 
-/// The user columns and, as JSON, the live groups each user is a live member of.
+/// A timestamp as WorkOS writes it (ISO 8601 in UTC, milliseconds, `Z`), as the Rust
+/// serializer of the other objects does (`objects::time`). The colons are quoted so that the
+/// same text runs in pgbench, which would take `:MI` for a variable.
+fn iso_time(expr: &str) -> String {
+    format!("to_char(({expr}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS.MS\"Z\"')")
+}
+
+/// A stored `jsonb` column if it holds an object, `{}` otherwise.
+fn json_object(column: &str) -> String {
+    format!("CASE WHEN jsonb_typeof({column}) = 'object' THEN {column} ELSE '{{}}'::jsonb END")
+}
+
+/// `SELECT u.id, <the user's JSON>`: each user as the whole `directory_user` object of
+/// `API.md` §3.6, built by Postgres (so dsyncd only splices its text into the answer): the
+/// same fields and values as the Rust objects of `objects` would give (`""` for a `NULL` that
+/// an SDK needs as a string, `{}` for attributes that are not objects, `emails`, `role` and
+/// `roles` left out when absent), with `groups` its live groups, oldest first.
 fn push_user_select(query: &mut QueryBuilder<'_, Postgres>, scope: &Scope) {
     query.push(format_args!(
-        "SELECT u.id, u.directory_id, u.organization_id, u.idp_id, u.email, u.first_name, \
-         u.last_name, u.name, u.username, u.job_title, u.state, u.emails, u.role, u.roles, \
-         u.custom_attributes, u.raw_attributes, u.created_at, u.updated_at, \
-         COALESCE((SELECT jsonb_agg(jsonb_build_object('id', g.id, 'idp_id', g.idp_id, \
-             'directory_id', g.directory_id, 'organization_id', g.organization_id, \
-             'name', g.name, 'raw_attributes', g.raw_attributes, \
-             'created_at', g.created_at, 'updated_at', g.updated_at) \
+        "SELECT u.id, left(json_build_object('object', 'directory_user', 'id', u.id, \
+         'directory_id', u.directory_id, 'organization_id', COALESCE(u.organization_id, ''), \
+         'idp_id', COALESCE(u.idp_id, ''), 'email', u.email, 'first_name', u.first_name, \
+         'last_name', u.last_name, 'name', u.name, 'username', u.username, \
+         'job_title', u.job_title, 'state', COALESCE(u.state, ''), \
+         'raw_attributes', {}, 'custom_attributes', {}, \
+         'created_at', {}, 'updated_at', {}, \
+         'groups', COALESCE((SELECT json_agg(json_build_object('object', 'directory_group', \
+             'id', g.id, 'idp_id', COALESCE(g.idp_id, ''), 'directory_id', g.directory_id, \
+             'organization_id', COALESCE(g.organization_id, ''), 'name', COALESCE(g.name, ''), \
+             'raw_attributes', {}, 'created_at', {}, 'updated_at', {}) \
              ORDER BY {}, g.id COLLATE \"C\") \
            FROM workos.directory_group_memberships gm \
            JOIN workos.directory_groups g ON g.id = gm.group_id \
            WHERE gm.user_id = u.id AND gm.deleted_at IS NULL AND g.deleted_at IS NULL",
-        key("g")
+        json_object("u.raw_attributes"),
+        json_object("u.custom_attributes"),
+        iso_time(&key("u")),
+        iso_time("u.updated_at"),
+        json_object("g.raw_attributes"),
+        iso_time(&key("g")),
+        iso_time("g.updated_at"),
+        key("g"),
     ));
     push_scope(query, "g", scope);
-    query.push("), '[]'::jsonb) AS groups");
+    // The object's text without its closing brace, then the fields present only sometimes.
+    query.push(
+        "), '[]'::json))::text, -1) \
+         || CASE WHEN jsonb_typeof(u.emails) = 'array' \
+             THEN ', \"emails\" : ' || u.emails::text ELSE '' END \
+         || CASE WHEN u.role IS NULL THEN '' \
+             ELSE ', \"role\" : ' || json_build_object('slug', u.role)::text END \
+         || CASE WHEN u.roles IS NULL THEN '' \
+             ELSE ', \"roles\" : ' || COALESCE((SELECT json_agg(json_build_object('slug', r.slug) \
+                 ORDER BY r.n)::text FROM unnest(u.roles) WITH ORDINALITY AS r(slug, n)), '[]') END \
+         || '}' AS json",
+    );
 }
 
 /// Whose users `GET /directory_users` lists.
@@ -215,13 +253,20 @@ pub enum UsersOf {
 }
 
 /// A live user, with its groups.
-pub async fn user(pool: &PgPool, scope: &Scope, id: &str) -> sqlx::Result<Option<UserRow>> {
+pub async fn user(pool: &PgPool, scope: &Scope, id: &str) -> sqlx::Result<Option<UserJson>> {
+    user_query(scope, id)
+        .build_query_as()
+        .fetch_optional(pool)
+        .await
+}
+
+fn user_query(scope: &Scope, id: &str) -> QueryBuilder<'static, Postgres> {
     let mut query = QueryBuilder::new("");
     push_user_select(&mut query, scope);
     query.push(" FROM workos.directory_users u WHERE u.deleted_at IS NULL AND u.id = ");
     query.push_bind(id.to_owned());
     push_scope(&mut query, "u", scope);
-    query.build_query_as().fetch_optional(pool).await
+    query
 }
 
 /// A page of live users of a directory, or of the live members of a group.
@@ -231,7 +276,19 @@ pub async fn users(
     of: &UsersOf,
     page: &Page,
     bound: Option<&Bound>,
-) -> sqlx::Result<Vec<UserRow>> {
+) -> sqlx::Result<Vec<UserJson>> {
+    users_query(scope, of, page, bound)
+        .build_query_as()
+        .fetch_all(pool)
+        .await
+}
+
+fn users_query(
+    scope: &Scope,
+    of: &UsersOf,
+    page: &Page,
+    bound: Option<&Bound>,
+) -> QueryBuilder<'static, Postgres> {
     let mut query = QueryBuilder::new("");
     push_user_select(&mut query, scope);
     match of {
@@ -260,7 +317,7 @@ pub async fn users(
     }
     push_scope(&mut query, "u", scope);
     push_page(&mut query, "u", page, bound);
-    query.build_query_as().fetch_all(pool).await
+    query
 }
 
 // ---- Groups ----
@@ -314,4 +371,50 @@ pub async fn groups(
     push_scope(&mut query, "g", scope);
     push_page(&mut query, "g", page, bound);
     query.build_query_as().fetch_all(pool).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::params::Order;
+
+    /// The statement of a pgbench script of bench/ (its last line), with the parameters in
+    /// order: a benchmark compares dsyncd with Postgres running exactly its statement.
+    fn bench_statement(file: &str, parameters: &[&str]) -> String {
+        let script =
+            std::fs::read_to_string(format!("{}/bench/{file}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        let mut statement = script
+            .lines()
+            .last()
+            .unwrap()
+            .trim_end_matches(';')
+            .to_owned();
+        for (i, parameter) in parameters.iter().enumerate() {
+            statement = statement.replacen(parameter, &format!("${}", i + 1), 1);
+        }
+        statement
+    }
+
+    #[test]
+    fn the_benchmark_runs_the_statements_of_the_user_routes() {
+        let list = Page {
+            limit: 100,
+            order: Order::Desc,
+            cursor: None,
+        };
+        let of = UsersOf::Directory {
+            id: "directory_bench_read".into(),
+            email: None,
+            idp_id: None,
+        };
+        assert_eq!(
+            users_query(&Scope::All, &of, &list, None).sql(),
+            bench_statement("read_list.sql", &["'directory_bench_read'", "101"])
+        );
+        assert_eq!(
+            user_query(&Scope::All, "directory_user_read_1").sql(),
+            bench_statement("read_get.sql", &["'directory_user_read_' || :n::text"])
+        );
+    }
 }
