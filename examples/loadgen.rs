@@ -11,6 +11,9 @@
 //! with `--rate` the requests are paced to that many per second in total. With
 //! `--changes-database URL` it also listens on `workos_directory_changes` and reports the lag
 //! from each 200 to the notification that its user was applied.
+//!
+//! With `--get-paths FILE` it sends `GET`s instead (the read API's benchmark): each request
+//! takes the next path of the file (one per line, in turn), with `--bearer KEY` if given.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,6 +65,13 @@ struct Args {
     /// be taken over a window (bench/scale).
     #[arg(long)]
     lags_file: Option<std::path::PathBuf>,
+    /// Send GETs of these paths (one per line, in turn) instead of deliveries; `--url` then
+    /// only gives the host and port.
+    #[arg(long)]
+    get_paths: Option<std::path::PathBuf>,
+    /// With `--get-paths`: send `Authorization: Bearer <KEY>`.
+    #[arg(long)]
+    bearer: Option<String>,
 }
 
 struct Delivery {
@@ -145,13 +155,6 @@ impl Connection {
 
     async fn exchange(&mut self, signature: &str, body: &[u8]) -> std::io::Result<u16> {
         use std::io::Write;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(self.authority.as_str()).await?;
-            stream.set_nodelay(true)?;
-            self.stream = Some(stream);
-        }
-        let stream = self.stream.as_mut().expect("connected above");
         self.request.clear();
         write!(
             self.request,
@@ -162,6 +165,46 @@ impl Connection {
             body.len()
         )?;
         self.request.extend_from_slice(body);
+        self.send().await
+    }
+
+    /// `GET path` once; the status, or 0 for a transport error.
+    async fn get(&mut self, path: &str, bearer: Option<&str>) -> u16 {
+        use std::io::Write;
+        self.request.clear();
+        let written = match bearer {
+            Some(key) => write!(
+                self.request,
+                "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\n\r\n",
+                self.authority
+            ),
+            None => write!(
+                self.request,
+                "GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n",
+                self.authority
+            ),
+        };
+        match written {
+            Ok(()) => match self.send().await {
+                Ok(status) => status,
+                Err(_) => {
+                    self.stream = None;
+                    0
+                }
+            },
+            Err(_) => 0,
+        }
+    }
+
+    /// Writes `self.request` (connecting first if needed) and reads the response.
+    async fn send(&mut self) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(self.authority.as_str()).await?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("connected above");
         stream.write_all(&self.request).await?;
 
         self.response.clear();
@@ -215,6 +258,11 @@ struct Plan {
     /// for at most this long; without it, a delivery is sent once.
     retry_for: Option<Duration>,
     secret: Secret,
+    /// GET these paths instead of posting deliveries.
+    gets: Option<Arc<Vec<String>>>,
+    bearer: Option<String>,
+    /// Requests in all (for GETs; deliveries count themselves).
+    requests: usize,
 }
 
 async fn connection(plan: Plan) -> Vec<Outcome> {
@@ -222,6 +270,21 @@ async fn connection(plan: Plan) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
     loop {
         let index = plan.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(paths) = &plan.gets {
+            if index >= plan.requests {
+                break;
+            }
+            let sent = Instant::now();
+            let status = connection
+                .get(&paths[index % paths.len()], plan.bearer.as_deref())
+                .await;
+            let answered = Instant::now();
+            outcomes.push((status, answered - sent, answered, index));
+            if status == 0 {
+                break;
+            }
+            continue;
+        }
         let Some(delivery) = plan.deliveries.get(index) else {
             break;
         };
@@ -271,7 +334,21 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let url: hyper::Uri = args.url.parse()?;
-    let deliveries = Arc::new(deliveries(&args));
+    let gets = match &args.get_paths {
+        Some(file) => Some(Arc::new(
+            std::fs::read_to_string(file)?
+                .lines()
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        )),
+        None => None,
+    };
+    let deliveries = Arc::new(if gets.is_some() {
+        Vec::new()
+    } else {
+        deliveries(&args)
+    });
     let applied: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     if let Some(database) = &args.changes_database {
         let mut listener = sqlx::postgres::PgListener::connect(database).await?;
@@ -297,6 +374,9 @@ async fn main() -> anyhow::Result<()> {
         started: Instant::now(),
         retry_for: args.retry_for_secs.map(Duration::from_secs),
         secret: Secret::new(args.secret.clone()),
+        gets,
+        bearer: args.bearer.clone(),
+        requests: args.requests,
     };
     let started = plan.started;
     let tasks: Vec<_> = (0..args.connections)

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
+use crate::api::ReadApi;
 use crate::config::{Config, ConfigError};
 use crate::directory::DirectoryHandler;
 use crate::handler::EventHandler;
@@ -38,6 +39,8 @@ pub enum Role {
     Receiver,
     /// Only the worker (and the health endpoints).
     Worker,
+    /// Only the read API (and the health endpoints).
+    Api,
 }
 
 impl Role {
@@ -48,15 +51,34 @@ impl Role {
     fn works(self) -> bool {
         matches!(self, Role::All | Role::Worker)
     }
+
+    /// Whether the role serves the read API (`src/api/`).
+    fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Receiver | Role::Api)
+    }
 }
 
 /// A pool for `config`: bounded in size, wait and statement time, so that an unavailable
 /// database turns into quick errors instead of hanging requests. It connects lazily.
 pub fn connect(config: &Config) -> Result<PgPool, ConfigError> {
-    let url = config.database_url()?;
+    connect_to(config, config.database_url()?, "database.url")
+}
+
+/// A pool like [`connect`]'s for the read API's queries: on `database.read_url` when set;
+/// `None` when the read API should use the main pool.
+pub fn connect_read(config: &Config) -> Result<Option<PgPool>, ConfigError> {
+    config
+        .database
+        .read_url
+        .as_ref()
+        .map(|url| connect_to(config, url.expose(), "database.read_url"))
+        .transpose()
+}
+
+fn connect_to(config: &Config, url: &str, key: &'static str) -> Result<PgPool, ConfigError> {
     let timeout = Duration::from_millis(config.database.timeout_ms);
     let options: PgConnectOptions = url.parse().map_err(|_| ConfigError::Invalid {
-        key: "database.url",
+        key,
         problem: "is not a valid Postgres URL".to_owned(),
     })?;
     let options = options
@@ -80,6 +102,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub struct Service {
     config: Config,
     pool: PgPool,
+    /// The read API's pool: `database.read_url`'s, else `pool`.
+    read_pool: PgPool,
     handlers: Vec<Arc<dyn EventHandler>>,
     metrics: Arc<Metrics>,
 }
@@ -93,12 +117,14 @@ impl Service {
     }
 
     /// Like [`Service::new`], with a pool of the caller's (an embedding application's, or a
-    /// test's); `database.url` is not used then.
+    /// test's); `database.url` is not used then (`database.read_url` is, when set).
     pub fn with_pool(config: Config, pool: PgPool) -> Result<Service, ConfigError> {
         config.validate()?;
+        let read_pool = connect_read(&config)?.unwrap_or_else(|| pool.clone());
         Ok(Service {
             config,
             pool,
+            read_pool,
             handlers: vec![Arc::new(DirectoryHandler)],
             metrics: Metrics::new(),
         })
@@ -137,6 +163,17 @@ impl Service {
             ingest,
             self.pool.clone(),
             self.config.server.body_limit_bytes,
+            self.metrics.clone(),
+        )
+        .router()
+    }
+
+    /// The read API's routes (`GET /directories`, `/directory_users`, `/directory_groups`),
+    /// on the read pool, to serve or to merge into an existing axum application.
+    pub fn api_router(&self) -> Router {
+        ReadApi::new(
+            self.read_pool.clone(),
+            &self.config.api,
             self.metrics.clone(),
         )
         .router()
@@ -181,6 +218,20 @@ impl Service {
                 None
             }
         };
+        // The read API: next to the webhook route, or on `api.listen`.
+        let mut api_server = None;
+        if role.serves_api() {
+            let api = self.api_router();
+            match self.config.api.listen {
+                Some(address) => {
+                    let api_listener = TcpListener::bind(address).await?;
+                    tracing::info!(address = %api_listener.local_addr()?, "read API listening");
+                    let api = self.layers_with(api, crate::api::not_found);
+                    api_server = Some(self.serve(api_listener, api, &shutdown).await?);
+                }
+                None => router = router.merge(api),
+            }
+        }
         let main = self.serve(listener, self.layers(router), &shutdown).await?;
         let worker = role
             .works()
@@ -194,7 +245,7 @@ impl Service {
                 shutdown.clone(),
             )
         });
-        for server in std::iter::once(main).chain(admin) {
+        for server in std::iter::once(main).chain(admin).chain(api_server) {
             if let Err(error) = server.await? {
                 tracing::error!(error = %error, "the HTTP server failed");
             }
@@ -257,9 +308,18 @@ impl Service {
     }
 
     fn layers(&self, router: Router) -> Router {
+        self.layers_with(router, crate::receiver::not_found)
+    }
+
+    /// The timeout and trace layers, with `fallback` for paths that are not routes.
+    fn layers_with<H, T>(&self, router: Router, fallback: H) -> Router
+    where
+        H: axum::handler::Handler<T, ()>,
+        T: 'static,
+    {
         let timeout = Duration::from_millis(self.config.server.request_timeout_ms);
         router
-            .fallback(crate::receiver::not_found)
+            .fallback(fallback)
             .layer(axum::middleware::from_fn(move |request, next| {
                 crate::receiver::with_timeout(timeout, request, next)
             }))

@@ -71,6 +71,8 @@ pub struct Config {
     pub workos: WorkosConfig,
     /// Reconciliation: the Events API tail and snapshot reconciliation.
     pub reconcile: ReconcileConfig,
+    /// The read API (`src/api/`).
+    pub api: ApiConfig,
 }
 
 /// `[workos]`: the WorkOS REST API, which reconciliation reads.
@@ -123,6 +125,96 @@ impl Default for ReconcileConfig {
         }
     }
 }
+
+// ---- [api]: the read API ----
+
+/// `[api]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Keys an app must send as `Authorization: Bearer <key>`; none means no authentication
+    /// (`DSYNCD_API__KEYS`, comma-separated plain keys).
+    #[serde(deserialize_with = "api_keys")]
+    pub keys: Vec<ApiKey>,
+    /// Serve the read API on this address instead of the main one.
+    pub listen: Option<SocketAddr>,
+}
+
+/// One entry of `api.keys`: a plain key in the file or the environment, or a table
+/// `{ key = "…", organization_ids = ["org_…"] }` limiting the key to those organizations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The key itself.
+    pub key: Secret,
+    /// The organizations whose directories the key may read; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_ids: Option<Vec<String>>,
+}
+
+/// Accepts a list of strings and tables (file) or `"a,b"` (environment).
+fn api_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ApiKey>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Plain(String),
+        Limited(ApiKey),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<Entry>),
+        String(String),
+    }
+    let entries = match ListOrString::deserialize(d)? {
+        ListOrString::List(list) => list,
+        ListOrString::String(text) => text
+            .split(',')
+            .map(|key| key.trim())
+            .filter(|key| !key.is_empty())
+            .map(|key| Entry::Plain(key.to_owned()))
+            .collect(),
+    };
+    Ok(entries
+        .into_iter()
+        .map(|entry| match entry {
+            Entry::Plain(key) => ApiKey {
+                key: Secret(key.trim().to_owned()),
+                organization_ids: None,
+            },
+            Entry::Limited(key) => key,
+        })
+        .collect())
+}
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for key in &self.keys {
+            if key.key.expose().trim().is_empty() {
+                return invalid("api.keys", "has an empty key");
+            }
+            if key
+                .organization_ids
+                .as_ref()
+                .is_some_and(|ids| ids.is_empty() || ids.iter().any(|id| id.trim().is_empty()))
+            {
+                return invalid(
+                    "api.keys",
+                    "has a key whose organization_ids is empty or holds an empty id \
+                     (leave organization_ids out for a key that sees every organization)",
+                );
+            }
+        }
+        let mut keys: Vec<&str> = self.keys.iter().map(|key| key.key.expose()).collect();
+        keys.sort_unstable();
+        if keys.windows(2).any(|pair| pair[0] == pair[1]) {
+            return invalid("api.keys", "lists the same key twice");
+        }
+        Ok(())
+    }
+}
+
+// ---- end of [api] ----
 
 /// `[runtime]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,6 +283,8 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Longest wait for a connection, and longest statement; past it the receiver answers 503.
     pub timeout_ms: u64,
+    /// Postgres URL of a replica for the read API's queries; the main pool when absent.
+    pub read_url: Option<Secret>,
 }
 
 /// `[ingest]`
@@ -280,6 +374,7 @@ impl Default for DatabaseConfig {
             url: None,
             max_connections: 8,
             timeout_ms: 2_000,
+            read_url: None,
         }
     }
 }
@@ -447,7 +542,8 @@ impl Config {
         if self.database.max_connections < 2 {
             return invalid("database.max_connections", "must be at least 2");
         }
-        self.validate_workos()
+        self.validate_workos()?;
+        self.api.validate()
     }
 
     /// Checks the `[workos]` and `[reconcile]` keys alone (for `dsyncd reconcile`, which
@@ -646,10 +742,66 @@ mod tests {
     }
 
     #[test]
+    fn api_keys_come_plain_or_limited_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "dsyncd.toml",
+                "[api]\nkeys = [\"plain\", { key = \"limited\", organization_ids = [\"org_1\"] }]\n",
+            )?;
+            let config = Config::load(Some(Path::new("dsyncd.toml"))).unwrap();
+            assert_eq!(
+                config.api.keys,
+                vec![
+                    ApiKey {
+                        key: Secret::new("plain"),
+                        organization_ids: None
+                    },
+                    ApiKey {
+                        key: Secret::new("limited"),
+                        organization_ids: Some(vec!["org_1".to_owned()])
+                    },
+                ]
+            );
+            jail.set_env("DSYNCD_API__KEYS", "a, b");
+            let config = Config::load(Some(Path::new("dsyncd.toml"))).unwrap();
+            let keys: Vec<&str> = config.api.keys.iter().map(|k| k.key.expose()).collect();
+            assert_eq!(keys, ["a", "b"]);
+            assert!(config.api.keys.iter().all(|k| k.organization_ids.is_none()));
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("WORKOS_WEBHOOK_SECRET", "s");
+            jail.create_file(
+                "bad.toml",
+                "[api]\nkeys = [{ key = \"k\", organization_ids = [] }]\n",
+            )?;
+            let error = Config::load(Some(Path::new("bad.toml")))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("api.keys"), "{error}");
+            jail.create_file("twice.toml", "[api]\nkeys = [\"k\", \"k\"]\n")?;
+            let error = Config::load(Some(Path::new("twice.toml")))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("api.keys"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_never_print() {
         Jail::expect_with(|jail| {
             jail.set_env("WORKOS_WEBHOOK_SECRET", "whsec_do_not_print");
             jail.set_env("DATABASE_URL", "postgres://user:pw_do_not_print@db/x");
+            jail.set_env(
+                "DSYNCD_DATABASE__READ_URL",
+                "postgres://u:pw_do_not_print@replica/x",
+            );
+            jail.set_env("DSYNCD_API__KEYS", "sk_do_not_print");
             let config = Config::load(None).unwrap();
             let debug = format!("{config:?}");
             let toml = serde_json::to_string(&config).unwrap();

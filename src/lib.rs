@@ -6,10 +6,12 @@
 //! - [`worker`]: drains the inbox into [`handler`]s, the built-in [`directory`] one keeping
 //!   the synced tables;
 //! - [`reconcile`]: finds and repairs what webhooks missed, from WorkOS's API ([`workos_api`]);
+//! - [`api`]: the read API, WorkOS's Directory Sync API served from the synced tables;
 //! - [`app`]: builds all of it from a [`config::Config`]; [`telemetry`]: logging.
 //!
 //! `docs/ARCHITECTURE.md` tells how the parts fit together.
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod directory;

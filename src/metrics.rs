@@ -102,8 +102,29 @@ impl ReconcileMetrics {
     }
 }
 
+// ---- The read API's labels ----
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRouteLabels {
+    route: &'static str,
+}
+
+fn api_latency_histogram() -> Histogram {
+    // 0.1 ms to about 1.6 s.
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 15))
+}
+
 /// The service's metrics.
 pub struct Metrics {
+    // The read API (`src/api/`).
+    api_requests: Family<ApiRequestLabels, Counter>,
+    api_request_seconds: Family<ApiRouteLabels, Histogram, fn() -> Histogram>,
     registry: Registry,
     deliveries: Family<OutcomeLabels, Counter>,
     request_seconds: Histogram,
@@ -177,8 +198,26 @@ impl Metrics {
             oldest_pending_seconds.clone(),
         );
         let reconcile = ReconcileMetrics::register(&mut registry);
+        // ---- The read API ----
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Read API requests by route (the matched path) and HTTP status",
+            api_requests.clone(),
+        );
+        let api_request_seconds =
+            Family::<ApiRouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                api_latency_histogram,
+            );
+        registry.register(
+            "api_request_duration_seconds",
+            "Time from a read API request's headers to its answer, by route",
+            api_request_seconds.clone(),
+        );
         Arc::new(Metrics {
             reconcile,
+            api_requests,
+            api_request_seconds,
             registry,
             deliveries,
             request_seconds,
@@ -197,6 +236,16 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.request_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a read API request on `route` (its path pattern) and how long its answer took.
+    pub fn api_request(&self, route: &'static str, status: u16, elapsed: Duration) {
+        self.api_requests
+            .get_or_create(&ApiRequestLabels { route, status })
+            .inc();
+        self.api_request_seconds
+            .get_or_create(&ApiRouteLabels { route })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Records how many deliveries one group commit wrote.

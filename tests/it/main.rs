@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a fresh migrated database per test (`#[sqlx::test]`), the
 //! service on a real socket where HTTP matters.
 
+mod api;
 mod convergence;
 mod deletions;
 mod directory;

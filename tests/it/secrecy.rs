@@ -302,3 +302,54 @@ async fn the_workos_api_key_and_answers_stay_out_of_logs(pool: PgPool) {
         assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
     }
 }
+
+// ---- The read API's keys ----
+
+/// Keys sent to the read API, right or wrong, never reach a log line, at any level, nor an
+/// error body; neither does the configured key.
+#[sqlx::test]
+async fn read_api_keys_stay_out_of_logs(pool: PgPool) {
+    const KEY: &str = "sk_secrecy_api_key_5590";
+    const WRONG: &str = "sk_secrecy_wrong_key_8127";
+    let (captured, _logging) = capture_logs();
+
+    let mut config = TestApp::config();
+    config.api.keys = vec![dsyncd::config::ApiKey {
+        key: Secret::new(KEY),
+        organization_ids: Some(vec!["org_secrecy".to_owned()]),
+    }];
+    let app = TestApp::spawn_with(pool, config, Role::All).await;
+    let mut bodies = Vec::new();
+    for (key, path, status) in [
+        (Some(KEY), "/directories", 200),
+        (
+            Some(KEY),
+            "/directory_users?directory=directory_secrecy",
+            200,
+        ),
+        (Some(KEY), "/directory_users/directory_user_secrecy", 404),
+        (Some(KEY), "/directory_users?limit=0", 422),
+        (Some(WRONG), "/directories", 401),
+        (None, "/directories", 401),
+    ] {
+        let mut request = app.client.get(format!("{}{path}", app.address));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        bodies.push(response.text().await.unwrap());
+    }
+    app.stop().await;
+
+    let logs = captured.text();
+    // The capture works: the read API's request spans are there.
+    assert!(logs.contains("api_request"), "no request span:\n{logs}");
+    for secret in [KEY, WRONG] {
+        assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
+        for body in &bodies {
+            assert!(!body.contains(secret), "{secret} in {body}");
+        }
+    }
+    assert!(!logs.to_lowercase().contains("bearer"), "{logs}");
+}
