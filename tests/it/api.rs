@@ -1035,3 +1035,66 @@ async fn api_listen_moves_the_api_to_its_own_address(pool: PgPool) {
     assert_eq!(app.deliver(&user_created("event_x")).await.status(), 404);
     app.stop().await;
 }
+
+/// The rules for what the tables hold as `NULL` or in another shape than WorkOS's (README, "The
+/// read API"), on rows written straight into the tables: each user is served with exactly these
+/// values, by id and in lists.
+#[sqlx::test]
+async fn users_with_nulls_and_odd_json_are_served_as_the_sdks_accept(pool: PgPool) {
+    sqlx::raw_sql(
+        "INSERT INTO workos.directory_groups (id, directory_id, updated_at, raw_attributes, \
+             last_event_id, last_event) \
+         VALUES ('directory_group_odd', 'directory_odd', '2021-06-25 19:07:33.155789+00', \
+             '\"text\"', 'event_odd', 'dsync.group.created'); \
+         INSERT INTO workos.directory_users (id, directory_id, updated_at, email, raw_attributes, \
+             custom_attributes, emails, roles, created_at, last_event_id, last_event) \
+         VALUES ('directory_user_odd', 'directory_odd', '2021-06-25 19:07:33.155789+00', \
+             'a\"b\\c\u{e9}@example.com', '[1, {\"a\": null}]', 'null', '{\"value\": 1}', '{}', \
+             '2021-06-25 21:07:33+02', 'event_odd', 'dsync.user.created'), \
+             ('directory_user_roles', 'directory_odd', '2021-06-25 19:07:33+00', NULL, \
+             '{\"a\": {\"b\": null}}', '{}', '[{\"value\": null}]', '{admin,member}', NULL, \
+             'event_odd', 'dsync.user.created'); \
+         UPDATE workos.directory_users SET role = 'admin' WHERE id = 'directory_user_roles'; \
+         INSERT INTO workos.directory_group_memberships (group_id, user_id, directory_id, \
+             updated_at, last_event_id, last_event) \
+         VALUES ('directory_group_odd', 'directory_user_odd', 'directory_odd', now(), \
+             'event_odd', 'dsync.group.user_added');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = app(pool, &[]).await;
+    let odd = json!({"object": "directory_user", "id": "directory_user_odd",
+        "directory_id": "directory_odd", "organization_id": "", "idp_id": "",
+        "email": "a\"b\\c\u{e9}@example.com", "first_name": null, "last_name": null, "name": null,
+        "username": null, "job_title": null, "state": "", "raw_attributes": {},
+        "custom_attributes": {}, "roles": [], "created_at": "2021-06-25T19:07:33.000Z",
+        "updated_at": "2021-06-25T19:07:33.155Z",
+        "groups": [{"object": "directory_group", "id": "directory_group_odd", "idp_id": "",
+            "directory_id": "directory_odd", "organization_id": "", "name": "",
+            "raw_attributes": {}, "created_at": "1970-01-01T00:00:00.000Z",
+            "updated_at": "2021-06-25T19:07:33.155Z"}]});
+    let roles = json!({"object": "directory_user", "id": "directory_user_roles",
+        "directory_id": "directory_odd", "organization_id": "", "idp_id": "", "email": null,
+        "first_name": null, "last_name": null, "name": null, "username": null,
+        "job_title": null, "emails": [{"value": null}], "state": "",
+        "raw_attributes": {"a": {"b": null}}, "custom_attributes": {},
+        "role": {"slug": "admin"}, "roles": [{"slug": "admin"}, {"slug": "member"}],
+        "created_at": "1970-01-01T00:00:00.000Z", "updated_at": "2021-06-25T19:07:33.000Z",
+        "groups": []});
+    for expected in [&odd, &roles] {
+        let path = format!("/directory_users/{}", expected["id"].as_str().unwrap());
+        assert_eq!(&get_json(&app, &path, None, 200).await, expected);
+    }
+    let list = get_json(&app, "/directory_users?directory=directory_odd", None, 200).await;
+    assert_eq!(list["data"], json!([odd, roles]));
+    // And the SDK takes them.
+    let client = sdk(&app, "");
+    let user = client
+        .directory_sync()
+        .get_user("directory_user_odd")
+        .await
+        .unwrap();
+    assert_eq!(user.organization_id, "");
+    app.stop().await;
+}
