@@ -1,6 +1,6 @@
 //! The read API: WorkOS's Directory Sync API (`GET /directories`, `/directory_users`,
 //! `/directory_groups`, each list and by id), answered from the synced tables, so that an app
-//! keeps its official WorkOS SDK and only changes its base URL. `/work/shared/spec/API.md`
+//! keeps its official WorkOS SDK and only changes its base URL. `../shared/spec/API.md`
 //! §1–4 and §6 is the contract; README.md shows how to point each SDK here.
 //!
 //! This module owns everything about it: the routes and their state (here), parameter
