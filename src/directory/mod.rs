@@ -109,8 +109,9 @@ pub fn plan_for_fuzzing(events: &[&Event]) -> Result<(), HandlerError> {
     Ok(())
 }
 
-/// Writes a plan and queues its notifications; returns how many rows changed.
-async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<usize, sqlx::Error> {
+/// Writes a plan and queues its notifications; returns how many rows changed (a row that
+/// several statements changed counts once for each).
+async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<u64, sqlx::Error> {
     let (directory_ids, exclusive): (Vec<String>, Vec<bool>) = plan
         .directory_locks
         .iter()
@@ -131,24 +132,37 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<usize, sqlx::Erro
     changes.extend(store::upsert_users(conn, &plan.users).await?);
     changes.extend(store::upsert_groups(conn, &plan.groups).await?);
     changes.extend(store::upsert_memberships(conn, &plan.memberships).await?);
-    changes.extend(store::cascade_to_directories(conn, &tombstones.directories).await?);
-    changes
-        .extend(store::cascade_to_users(conn, &tombstones.directories, &tombstones.users).await?);
-    changes
-        .extend(store::cascade_to_groups(conn, &tombstones.directories, &tombstones.groups).await?);
-    changes.extend(
-        store::cascade_to_memberships(
-            conn,
-            &tombstones.users,
-            &tombstones.groups,
-            &tombstones.directories,
-        )
-        .await?,
-    );
-
+    // The upserts' notifications go first: a row an upsert wrote and a cascade then deleted is
+    // last announced as deleted. The cascades announce their rows themselves, in Postgres: one
+    // of them can delete a whole directory, and its rows never come back here.
     let payloads = notification_payloads(changes);
     store::notify(conn, CHANGES_CHANNEL, &payloads).await?;
-    Ok(payloads.len())
+    let mut changed = payloads.len() as u64;
+    changed +=
+        store::cascade_to_directories(conn, CHANGES_CHANNEL, &tombstones.directories).await?;
+    changed += store::cascade_to_users(
+        conn,
+        CHANGES_CHANNEL,
+        &tombstones.directories,
+        &tombstones.users,
+    )
+    .await?;
+    changed += store::cascade_to_groups(
+        conn,
+        CHANGES_CHANNEL,
+        &tombstones.directories,
+        &tombstones.groups,
+    )
+    .await?;
+    changed += store::cascade_to_memberships(
+        conn,
+        CHANGES_CHANNEL,
+        &tombstones.users,
+        &tombstones.groups,
+        &tombstones.directories,
+    )
+    .await?;
+    Ok(changed)
 }
 
 /// One payload per changed row, saying how the row ended up after the batch's last change.

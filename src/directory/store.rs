@@ -1,13 +1,15 @@
 //! All SQL for the synced directory tables (`workos.directories`, `directory_users`,
 //! `directory_groups`, `directory_group_memberships`; see `docs/SCHEMA.md`).
 //!
-//! Every function takes a whole batch and runs one statement (the cascade of memberships one
-//! per source), so a batch of a thousand events costs a handful of round trips. Rows are passed as one
-//! array per column and read with `UNNEST`: Postgres decodes binary arrays for much less than it
-//! parses the same rows out of a JSON document (BENCHMARKS.md). The `jsonb` columns travel as
-//! JSON text, and the `roles` lists, which a two-dimensional array cannot hold when their
-//! lengths differ, as array literals. Each write returns the rows it actually changed, for the change
-//! notifications.
+//! Every function takes a whole batch and runs one statement (the cascades one per tombstone
+//! source), so a batch of a thousand events costs a handful of round trips. Rows are passed as
+//! one array per column and read with `UNNEST`: Postgres decodes binary arrays for much less
+//! than it parses the same rows out of a JSON document (BENCHMARKS.md). The `jsonb` columns
+//! travel as JSON text, and the `roles` lists, which a two-dimensional array cannot hold when
+//! their lengths differ, as array literals. Each upsert returns the rows it actually changed,
+//! for the change notifications; a cascade, which may delete a whole directory, announces its
+//! rows in Postgres and returns only how many it changed, so that the worker's memory does not
+//! grow with the directory.
 //!
 //! Concurrency: several workers may apply batches at once. The ordering key is compared in the
 //! `ON CONFLICT … WHERE` clause against the row as committed, so concurrent upserts of one row
@@ -528,211 +530,249 @@ pub(crate) async fn upsert_tombstones(
     Ok(new)
 }
 
+// The cascades below may change a whole directory's rows: they bring nothing back to dsyncd
+// but a count, and Postgres itself builds and queues their change notifications, in exactly the
+// text `super::notification_payload` gives (`workos.deletion_notice`, migration 0008), so
+// that a row two statements of a batch delete is announced once (Postgres drops a
+// transaction's repeated notifications). The notices are sent from `RETURNING`, whose rows
+// dsyncd does not keep. Each tombstone source has a statement of its own: each statement
+// only moves `deleted_at` earlier, so a row ends at the earliest tombstone that covers it.
+
 /// Deletes deleted directories' own rows at their tombstones' time, whatever snapshot they
-/// hold: a deleted directory is terminal.
+/// hold: a deleted directory is terminal. Returns how many rows it changed.
 pub(crate) async fn cascade_to_directories(
     conn: &mut PgConnection,
+    channel: &str,
     deleted_directories: &[Tombstone],
-) -> Result<Vec<Change>, sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     if deleted_directories.is_empty() {
-        return Ok(Vec::new());
+        return Ok(0);
     }
     let (ids, times, _) = columns(deleted_directories);
-    let changed = sqlx::query_scalar!(
-        r#"
-        UPDATE workos.directories AS d
-        SET deleted_at = t.deleted_at, synced_at = now()
-        FROM unnest($1::text[], $2::timestamptz[]) AS t(id, deleted_at)
-        WHERE d.id = t.id AND (d.deleted_at IS NULL OR d.deleted_at > t.deleted_at)
-        RETURNING d.id
-        "#,
-        &ids as &[&str],
-        &times,
+    let changed = count(
+        sqlx::query!(
+            r#"
+            UPDATE workos.directories AS d
+            SET deleted_at = t.deleted_at, synced_at = now()
+            FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
+            WHERE d.id = t.id AND (d.deleted_at IS NULL OR d.deleted_at > t.deleted_at)
+            RETURNING pg_notify(
+                $1,
+                workos.deletion_notice('directories', d.id, d.id)
+            ) IS NULL AS "announced!"
+            "#,
+            channel,
+            &ids as &[&str],
+            &times,
+        )
+        .fetch(conn),
     )
-    .fetch_all(conn)
     .await?;
-    Ok(changed
-        .into_iter()
-        .map(|id| Change {
-            row: ChangedRow::Directory { id },
-            deleted: true,
-        })
-        .collect())
+    Ok(changed)
 }
 
 /// Deletes every user of the deleted directories, and the deleted users whose row holds their
-/// deletion (not a newer snapshot), each at the earliest tombstone that covers it.
+/// deletion (not a newer snapshot), each at the earliest tombstone that covers it. Returns how
+/// many rows it changed (a row both sources change counts twice).
 pub(crate) async fn cascade_to_users(
     conn: &mut PgConnection,
+    channel: &str,
     deleted_directories: &[Tombstone],
     deleted_users: &[Tombstone],
-) -> Result<Vec<Change>, sqlx::Error> {
-    if deleted_directories.is_empty() && deleted_users.is_empty() {
-        return Ok(Vec::new());
+) -> Result<u64, sqlx::Error> {
+    let mut changed = 0;
+    if !deleted_directories.is_empty() {
+        let (directory_ids, directory_times, _) = columns(deleted_directories);
+        changed += count(
+            sqlx::query!(
+                r#"
+                UPDATE workos.directory_users AS u
+                SET deleted_at = t.deleted_at, synced_at = now()
+                FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
+                WHERE u.directory_id = t.directory_id
+                  AND (u.deleted_at IS NULL OR u.deleted_at > t.deleted_at)
+                RETURNING pg_notify(
+                    $1,
+                    workos.deletion_notice('directory_users', u.directory_id, u.id)
+                ) IS NULL AS "announced!"
+                "#,
+                channel,
+                &directory_ids as &[&str],
+                &directory_times,
+            )
+            .fetch(&mut *conn),
+        )
+        .await?;
     }
-    let (directory_ids, directory_times, _) = columns(deleted_directories);
-    let (user_ids, user_times, _) = columns(deleted_users);
-    let changed = sqlx::query!(
-        r#"
-        UPDATE workos.directory_users AS u
-        SET deleted_at = hit.deleted_at, synced_at = now()
-        FROM (
-            SELECT id, min(deleted_at) AS deleted_at
-            FROM (
-                SELECT candidate.id, t.deleted_at
-                FROM unnest($1::text[], $2::timestamptz[]) AS t(directory_id, deleted_at)
-                JOIN workos.directory_users candidate ON candidate.directory_id = t.directory_id
-                UNION ALL
-                SELECT candidate.id, t.deleted_at
-                FROM unnest($3::text[], $4::timestamptz[]) AS t(id, deleted_at)
-                JOIN workos.directory_users candidate
-                  ON candidate.id = t.id AND candidate.last_event = 'dsync.user.deleted'
-            ) AS covered
-            GROUP BY id
-        ) AS hit
-        WHERE u.id = hit.id AND (u.deleted_at IS NULL OR u.deleted_at > hit.deleted_at)
-        RETURNING u.id, u.directory_id
-        "#,
-        &directory_ids as &[&str],
-        &directory_times,
-        &user_ids as &[&str],
-        &user_times,
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(changed
-        .into_iter()
-        .map(|row| Change {
-            row: ChangedRow::User {
-                id: row.id,
-                directory_id: row.directory_id,
-            },
-            deleted: true,
-        })
-        .collect())
+    if !deleted_users.is_empty() {
+        let (user_ids, user_times, _) = columns(deleted_users);
+        changed += count(
+            sqlx::query!(
+                r#"
+                UPDATE workos.directory_users AS u
+                SET deleted_at = t.deleted_at, synced_at = now()
+                FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
+                WHERE u.id = t.id AND u.last_event = 'dsync.user.deleted'
+                  AND (u.deleted_at IS NULL OR u.deleted_at > t.deleted_at)
+                RETURNING pg_notify(
+                    $1,
+                    workos.deletion_notice('directory_users', u.directory_id, u.id)
+                ) IS NULL AS "announced!"
+                "#,
+                channel,
+                &user_ids as &[&str],
+                &user_times,
+            )
+            .fetch(&mut *conn),
+        )
+        .await?;
+    }
+    Ok(changed)
 }
 
 /// Deletes every group of the deleted directories, and the deleted groups, like
 /// [`cascade_to_users`].
 pub(crate) async fn cascade_to_groups(
     conn: &mut PgConnection,
+    channel: &str,
     deleted_directories: &[Tombstone],
     deleted_groups: &[Tombstone],
-) -> Result<Vec<Change>, sqlx::Error> {
-    if deleted_directories.is_empty() && deleted_groups.is_empty() {
-        return Ok(Vec::new());
+) -> Result<u64, sqlx::Error> {
+    let mut changed = 0;
+    if !deleted_directories.is_empty() {
+        let (directory_ids, directory_times, _) = columns(deleted_directories);
+        changed += count(
+            sqlx::query!(
+                r#"
+                UPDATE workos.directory_groups AS g
+                SET deleted_at = t.deleted_at, synced_at = now()
+                FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
+                WHERE g.directory_id = t.directory_id
+                  AND (g.deleted_at IS NULL OR g.deleted_at > t.deleted_at)
+                RETURNING pg_notify(
+                    $1,
+                    workos.deletion_notice('directory_groups', g.directory_id, g.id)
+                ) IS NULL AS "announced!"
+                "#,
+                channel,
+                &directory_ids as &[&str],
+                &directory_times,
+            )
+            .fetch(&mut *conn),
+        )
+        .await?;
     }
-    let (directory_ids, directory_times, _) = columns(deleted_directories);
-    let (group_ids, group_times, _) = columns(deleted_groups);
-    let changed = sqlx::query!(
-        r#"
-        UPDATE workos.directory_groups AS g
-        SET deleted_at = hit.deleted_at, synced_at = now()
-        FROM (
-            SELECT id, min(deleted_at) AS deleted_at
-            FROM (
-                SELECT candidate.id, t.deleted_at
-                FROM unnest($1::text[], $2::timestamptz[]) AS t(directory_id, deleted_at)
-                JOIN workos.directory_groups candidate ON candidate.directory_id = t.directory_id
-                UNION ALL
-                SELECT candidate.id, t.deleted_at
-                FROM unnest($3::text[], $4::timestamptz[]) AS t(id, deleted_at)
-                JOIN workos.directory_groups candidate
-                  ON candidate.id = t.id AND candidate.last_event = 'dsync.group.deleted'
-            ) AS covered
-            GROUP BY id
-        ) AS hit
-        WHERE g.id = hit.id AND (g.deleted_at IS NULL OR g.deleted_at > hit.deleted_at)
-        RETURNING g.id, g.directory_id
-        "#,
-        &directory_ids as &[&str],
-        &directory_times,
-        &group_ids as &[&str],
-        &group_times,
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(changed
-        .into_iter()
-        .map(|row| Change {
-            row: ChangedRow::Group {
-                id: row.id,
-                directory_id: row.directory_id,
-            },
-            deleted: true,
-        })
-        .collect())
+    if !deleted_groups.is_empty() {
+        let (group_ids, group_times, _) = columns(deleted_groups);
+        changed += count(
+            sqlx::query!(
+                r#"
+                UPDATE workos.directory_groups AS g
+                SET deleted_at = t.deleted_at, synced_at = now()
+                FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
+                WHERE g.id = t.id AND g.last_event = 'dsync.group.deleted'
+                  AND (g.deleted_at IS NULL OR g.deleted_at > t.deleted_at)
+                RETURNING pg_notify(
+                    $1,
+                    workos.deletion_notice('directory_groups', g.directory_id, g.id)
+                ) IS NULL AS "announced!"
+                "#,
+                channel,
+                &group_ids as &[&str],
+                &group_times,
+            )
+            .fetch(&mut *conn),
+        )
+        .await?;
+    }
+    Ok(changed)
 }
 
 /// Deletes the memberships the tombstones cover (every one of a deleted directory; a deleted
 /// user's or group's decided at or before its reach), each at the earliest tombstone that
-/// covers it.
+/// covers it. Returns how many rows it changed, like [`cascade_to_users`].
 pub(crate) async fn cascade_to_memberships(
     conn: &mut PgConnection,
+    channel: &str,
     deleted_users: &[Tombstone],
     deleted_groups: &[Tombstone],
     deleted_directories: &[Tombstone],
-) -> Result<Vec<Change>, sqlx::Error> {
-    if deleted_users.is_empty() && deleted_groups.is_empty() && deleted_directories.is_empty() {
-        return Ok(Vec::new());
+) -> Result<u64, sqlx::Error> {
+    let mut changed = 0;
+    if !deleted_users.is_empty() {
+        let (user_ids, user_times, user_reaches) = columns(deleted_users);
+        changed += count(
+            sqlx::query!(
+                r#"
+                UPDATE workos.directory_group_memberships AS m
+                SET deleted_at = t.deleted_at, synced_at = now()
+                FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[])
+                    AS t(id, deleted_at, reach)
+                WHERE m.user_id = t.id AND (t.reach IS NULL OR m.updated_at <= t.reach)
+                  AND (m.deleted_at IS NULL OR m.deleted_at > t.deleted_at)
+                RETURNING pg_notify(
+                    $1,
+                    workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
+                ) IS NULL AS "announced!"
+                "#,
+                channel,
+                &user_ids as &[&str],
+                &user_times,
+                &user_reaches as &[Option<DateTime<Utc>>],
+            )
+            .fetch(&mut *conn),
+        )
+        .await?;
     }
-    let (user_ids, user_times, user_reaches) = columns(deleted_users);
-    let (group_ids, group_times, group_reaches) = columns(deleted_groups);
-    let (directory_ids, directory_times, _) = columns(deleted_directories);
-    let changed = sqlx::query!(
-        r#"
-        UPDATE workos.directory_group_memberships AS m
-        SET deleted_at = hit.deleted_at, synced_at = now()
-        FROM (
-            SELECT group_id, user_id, min(deleted_at) AS deleted_at
-            FROM (
-                SELECT candidate.group_id, candidate.user_id, t.deleted_at
-                FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[])
+    if !deleted_groups.is_empty() {
+        let (group_ids, group_times, group_reaches) = columns(deleted_groups);
+        changed += count(
+            sqlx::query!(
+                r#"
+                UPDATE workos.directory_group_memberships AS m
+                SET deleted_at = t.deleted_at, synced_at = now()
+                FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[])
                     AS t(id, deleted_at, reach)
-                JOIN workos.directory_group_memberships candidate
-                  ON candidate.user_id = t.id
-                 AND (t.reach IS NULL OR candidate.updated_at <= t.reach)
-                UNION ALL
-                SELECT candidate.group_id, candidate.user_id, t.deleted_at
-                FROM unnest($4::text[], $5::timestamptz[], $6::timestamptz[])
-                    AS t(id, deleted_at, reach)
-                JOIN workos.directory_group_memberships candidate
-                  ON candidate.group_id = t.id
-                 AND (t.reach IS NULL OR candidate.updated_at <= t.reach)
-                UNION ALL
-                SELECT candidate.group_id, candidate.user_id, t.deleted_at
-                FROM unnest($7::text[], $8::timestamptz[]) AS t(id, deleted_at)
-                JOIN workos.directory_group_memberships candidate
-                  ON candidate.directory_id = t.id
-            ) AS covered
-            GROUP BY group_id, user_id
-        ) AS hit
-        WHERE m.group_id = hit.group_id AND m.user_id = hit.user_id
-          AND (m.deleted_at IS NULL OR m.deleted_at > hit.deleted_at)
-        RETURNING m.group_id, m.user_id, m.directory_id
-        "#,
-        &user_ids as &[&str],
-        &user_times,
-        &user_reaches as &[Option<DateTime<Utc>>],
-        &group_ids as &[&str],
-        &group_times,
-        &group_reaches as &[Option<DateTime<Utc>>],
-        &directory_ids as &[&str],
-        &directory_times,
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(changed
-        .into_iter()
-        .map(|row| Change {
-            row: ChangedRow::Membership {
-                group_id: row.group_id,
-                user_id: row.user_id,
-                directory_id: row.directory_id,
-            },
-            deleted: true,
-        })
-        .collect())
+                WHERE m.group_id = t.id AND (t.reach IS NULL OR m.updated_at <= t.reach)
+                  AND (m.deleted_at IS NULL OR m.deleted_at > t.deleted_at)
+                RETURNING pg_notify(
+                    $1,
+                    workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
+                ) IS NULL AS "announced!"
+                "#,
+                channel,
+                &group_ids as &[&str],
+                &group_times,
+                &group_reaches as &[Option<DateTime<Utc>>],
+            )
+            .fetch(&mut *conn),
+        )
+        .await?;
+    }
+    if !deleted_directories.is_empty() {
+        let (directory_ids, directory_times, _) = columns(deleted_directories);
+        changed += count(
+            sqlx::query!(
+                r#"
+                UPDATE workos.directory_group_memberships AS m
+                SET deleted_at = t.deleted_at, synced_at = now()
+                FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
+                WHERE m.directory_id = t.directory_id
+                  AND (m.deleted_at IS NULL OR m.deleted_at > t.deleted_at)
+                RETURNING pg_notify(
+                    $1,
+                    workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
+                ) IS NULL AS "announced!"
+                "#,
+                channel,
+                &directory_ids as &[&str],
+                &directory_times,
+            )
+            .fetch(&mut *conn),
+        )
+        .await?;
+    }
+    Ok(changed)
 }
 
 /// Sends each payload on `channel`, delivered when the transaction commits.
@@ -752,6 +792,16 @@ pub(crate) async fn notify(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// How many rows a statement returns, read one by one and dropped: a cascade's may be a whole
+/// directory's.
+async fn count<T>(
+    rows: impl futures_util::Stream<Item = Result<T, sqlx::Error>>,
+) -> Result<u64, sqlx::Error> {
+    use futures_util::TryStreamExt;
+    rows.try_fold(0, |count, _| async move { Ok(count + 1) })
+        .await
 }
 
 /// One column of `rows`, for `UNNEST`.

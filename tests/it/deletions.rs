@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use dsyncd::app::MIGRATOR;
-use dsyncd::Event;
+use dsyncd::{Event, EventHandler};
 use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
@@ -402,6 +402,149 @@ async fn a_deletion_that_is_already_recorded_announces_nothing_again(
     let next = listener.recv().await?;
     let payload: Value = serde_json::from_str(next.payload())?;
     assert_eq!(payload["table"], "directory_groups", "{payload}");
+    Ok(())
+}
+
+/// The next `count` notifications on the change channel, as sent.
+async fn next_notifications(
+    listener: &mut sqlx::postgres::PgListener,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut payloads = Vec::new();
+    for _ in 0..count {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no notification after {payloads:?}"))??;
+        payloads.push(next.payload().to_owned());
+    }
+    payloads.sort();
+    Ok(payloads)
+}
+
+#[sqlx::test]
+async fn a_row_two_deletions_of_a_batch_reach_is_announced_once_as_the_handler_words_it(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    apply(
+        &pool,
+        &a_directory_that_changed_under_it()
+            .iter()
+            .map(Body::event)
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    listener.listen(dsyncd::directory::CHANGES_CHANNEL).await?;
+
+    // The user's deletion and its directory's, in one batch: both reach the user and its
+    // membership, and the cascades that delete them run in Postgres.
+    apply(
+        &pool,
+        &[
+            recorded(seed("dsync.deleted"), Some(DELETED)).event(),
+            recorded(seed("dsync.user.deleted"), Some(CHANGED_LATER))
+                .id("event_user_deleted")
+                .event(),
+        ],
+    )
+    .await?;
+    // A marker in another directory: nothing of the batch may come after the four rows.
+    apply(
+        &pool,
+        &[Body::example("dsync.group.created")
+            .id("event_marker")
+            .set("/data/directory_id", "directory_marker")
+            .event()],
+    )
+    .await?;
+
+    // Each payload is the text serde_json gives (keys sorted, no spaces), as the upserts'
+    // are, so Postgres drops a repeated one.
+    let text = |value: Value| serde_json::to_string(&value).unwrap();
+    let mut expected = vec![
+        text(serde_json::json!({"table": "directories", "id": DIRECTORY,
+                                "directory_id": DIRECTORY, "op": "delete"})),
+        text(serde_json::json!({"table": "directory_users", "id": USER,
+                                "directory_id": DIRECTORY, "op": "delete"})),
+        text(serde_json::json!({"table": "directory_groups", "id": GROUP,
+                                "directory_id": DIRECTORY, "op": "delete"})),
+        text(
+            serde_json::json!({"table": "directory_group_memberships", "group_id": GROUP,
+                                "user_id": USER, "directory_id": DIRECTORY, "op": "delete"}),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(next_notifications(&mut listener, 4).await?, expected);
+    let marker: Value = serde_json::from_str(&next_notifications(&mut listener, 1).await?[0])?;
+    assert_eq!(marker["directory_id"], "directory_marker", "{marker}");
+    Ok(())
+}
+
+#[sqlx::test]
+async fn a_directory_deletion_rewrites_its_users_and_memberships_without_touching_an_index(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    // 40 users, each in both of two groups.
+    let mut events = vec![seed("dsync.activated").event()];
+    for group in ["directory_group_a", "directory_group_b"] {
+        events.push(
+            Body::example("dsync.group.created")
+                .id(&format!("event_{group}"))
+                .set("/data/id", group)
+                .set("/data/directory_id", DIRECTORY)
+                .event(),
+        );
+    }
+    for n in 0..40 {
+        let user = format!("directory_user_{n}");
+        events.push(
+            Body::example("dsync.user.created")
+                .id(&format!("event_created_{n}"))
+                .set("/data/id", user.as_str())
+                .set("/data/directory_id", DIRECTORY)
+                .event(),
+        );
+        for group in ["directory_group_a", "directory_group_b"] {
+            events.push(
+                Body::example("dsync.group.user_added")
+                    .id(&format!("event_added_{n}_{group}"))
+                    .set("/data/directory_id", DIRECTORY)
+                    .set("/data/user/id", user.as_str())
+                    .set("/data/user/directory_id", DIRECTORY)
+                    .set("/data/group/id", group)
+                    .set("/data/group/directory_id", DIRECTORY)
+                    .event(),
+            );
+        }
+    }
+    apply(&pool, &events).await?;
+
+    let mut tx = pool.begin().await?;
+    let deleted = recorded(seed("dsync.deleted"), Some(DELETED)).event();
+    dsyncd::directory::DirectoryHandler::new()
+        .handle_batch(&mut tx, &[&deleted])
+        .await?;
+    // This transaction's own counts: every row rewritten, and every rewrite a HOT update
+    // (the new version on the row's page, no index entry), which is what makes deleting a
+    // directory of 100,000 users take seconds (BENCHMARKS.md, "Scale").
+    let updates: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables
+         WHERE schemaname = 'workos'
+           AND relname IN ('directory_users', 'directory_group_memberships')
+         ORDER BY relname",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    assert_eq!(
+        updates,
+        [
+            ("directory_group_memberships".to_owned(), 80, 80),
+            ("directory_users".to_owned(), 40, 40),
+        ]
+    );
+    let tables = tables(&pool).await?;
+    assert!(live(&tables, "users").is_empty() && live(&tables, "memberships").is_empty());
     Ok(())
 }
 
