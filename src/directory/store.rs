@@ -534,8 +534,9 @@ pub(crate) async fn upsert_tombstones(
 // but a count, and Postgres itself builds and queues their change notifications, in exactly the
 // text `super::notification_payload` gives (`workos.deletion_notice`, migration 0008), so
 // that a row two statements of a batch delete is announced once (Postgres drops a
-// transaction's repeated notifications). The notices are sent from `RETURNING`, whose rows
-// dsyncd does not keep. Each tombstone source has a statement of its own: each statement
+// transaction's repeated notifications). The notices are sent from `RETURNING`, inside the
+// statement: only the count comes back (streaming the rows back would keep the worker's one
+// runtime thread busy decoding them, and its other claim loop waiting). Each tombstone source has a statement of its own: each statement
 // only moves `deleted_at` earlier, so a row ends at the earliest tombstone that covers it.
 
 /// Deletes deleted directories' own rows at their tombstones' time, whatever snapshot they
@@ -549,9 +550,9 @@ pub(crate) async fn cascade_to_directories(
         return Ok(0);
     }
     let (ids, times, _) = columns(deleted_directories);
-    let changed = count(
-        sqlx::query!(
-            r#"
+    let changed = sqlx::query_scalar!(
+        r#"
+        WITH changed AS (
             UPDATE workos.directories AS d
             SET deleted_at = t.deleted_at, synced_at = now()
             FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
@@ -559,15 +560,16 @@ pub(crate) async fn cascade_to_directories(
             RETURNING pg_notify(
                 $1,
                 workos.deletion_notice('directories', d.id, d.id)
-            ) IS NULL AS "announced!"
-            "#,
-            channel,
-            &ids as &[&str],
-            &times,
+            ) IS NULL AS announced
         )
-        .fetch(conn),
+        SELECT count(*) AS "changed!" FROM changed
+        "#,
+        channel,
+        &ids as &[&str],
+        &times,
     )
-    .await?;
+    .fetch_one(conn)
+    .await? as u64;
     Ok(changed)
 }
 
@@ -583,9 +585,9 @@ pub(crate) async fn cascade_to_users(
     let mut changed = 0;
     if !deleted_directories.is_empty() {
         let (directory_ids, directory_times, _) = columns(deleted_directories);
-        changed += count(
-            sqlx::query!(
-                r#"
+        changed += sqlx::query_scalar!(
+            r#"
+            WITH changed AS (
                 UPDATE workos.directory_users AS u
                 SET deleted_at = t.deleted_at, synced_at = now()
                 FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
@@ -594,21 +596,22 @@ pub(crate) async fn cascade_to_users(
                 RETURNING pg_notify(
                     $1,
                     workos.deletion_notice('directory_users', u.directory_id, u.id)
-                ) IS NULL AS "announced!"
-                "#,
-                channel,
-                &directory_ids as &[&str],
-                &directory_times,
+                ) IS NULL AS announced
             )
-            .fetch(&mut *conn),
+            SELECT count(*) AS "changed!" FROM changed
+            "#,
+            channel,
+            &directory_ids as &[&str],
+            &directory_times,
         )
-        .await?;
+        .fetch_one(&mut *conn)
+        .await? as u64;
     }
     if !deleted_users.is_empty() {
         let (user_ids, user_times, _) = columns(deleted_users);
-        changed += count(
-            sqlx::query!(
-                r#"
+        changed += sqlx::query_scalar!(
+            r#"
+            WITH changed AS (
                 UPDATE workos.directory_users AS u
                 SET deleted_at = t.deleted_at, synced_at = now()
                 FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
@@ -617,15 +620,16 @@ pub(crate) async fn cascade_to_users(
                 RETURNING pg_notify(
                     $1,
                     workos.deletion_notice('directory_users', u.directory_id, u.id)
-                ) IS NULL AS "announced!"
-                "#,
-                channel,
-                &user_ids as &[&str],
-                &user_times,
+                ) IS NULL AS announced
             )
-            .fetch(&mut *conn),
+            SELECT count(*) AS "changed!" FROM changed
+            "#,
+            channel,
+            &user_ids as &[&str],
+            &user_times,
         )
-        .await?;
+        .fetch_one(&mut *conn)
+        .await? as u64;
     }
     Ok(changed)
 }
@@ -641,9 +645,9 @@ pub(crate) async fn cascade_to_groups(
     let mut changed = 0;
     if !deleted_directories.is_empty() {
         let (directory_ids, directory_times, _) = columns(deleted_directories);
-        changed += count(
-            sqlx::query!(
-                r#"
+        changed += sqlx::query_scalar!(
+            r#"
+            WITH changed AS (
                 UPDATE workos.directory_groups AS g
                 SET deleted_at = t.deleted_at, synced_at = now()
                 FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
@@ -652,21 +656,22 @@ pub(crate) async fn cascade_to_groups(
                 RETURNING pg_notify(
                     $1,
                     workos.deletion_notice('directory_groups', g.directory_id, g.id)
-                ) IS NULL AS "announced!"
-                "#,
-                channel,
-                &directory_ids as &[&str],
-                &directory_times,
+                ) IS NULL AS announced
             )
-            .fetch(&mut *conn),
+            SELECT count(*) AS "changed!" FROM changed
+            "#,
+            channel,
+            &directory_ids as &[&str],
+            &directory_times,
         )
-        .await?;
+        .fetch_one(&mut *conn)
+        .await? as u64;
     }
     if !deleted_groups.is_empty() {
         let (group_ids, group_times, _) = columns(deleted_groups);
-        changed += count(
-            sqlx::query!(
-                r#"
+        changed += sqlx::query_scalar!(
+            r#"
+            WITH changed AS (
                 UPDATE workos.directory_groups AS g
                 SET deleted_at = t.deleted_at, synced_at = now()
                 FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
@@ -675,15 +680,16 @@ pub(crate) async fn cascade_to_groups(
                 RETURNING pg_notify(
                     $1,
                     workos.deletion_notice('directory_groups', g.directory_id, g.id)
-                ) IS NULL AS "announced!"
-                "#,
-                channel,
-                &group_ids as &[&str],
-                &group_times,
+                ) IS NULL AS announced
             )
-            .fetch(&mut *conn),
+            SELECT count(*) AS "changed!" FROM changed
+            "#,
+            channel,
+            &group_ids as &[&str],
+            &group_times,
         )
-        .await?;
+        .fetch_one(&mut *conn)
+        .await? as u64;
     }
     Ok(changed)
 }
@@ -701,9 +707,9 @@ pub(crate) async fn cascade_to_memberships(
     let mut changed = 0;
     if !deleted_users.is_empty() {
         let (user_ids, user_times, user_reaches) = columns(deleted_users);
-        changed += count(
-            sqlx::query!(
-                r#"
+        changed += sqlx::query_scalar!(
+            r#"
+            WITH changed AS (
                 UPDATE workos.directory_group_memberships AS m
                 SET deleted_at = t.deleted_at, synced_at = now()
                 FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[])
@@ -713,22 +719,23 @@ pub(crate) async fn cascade_to_memberships(
                 RETURNING pg_notify(
                     $1,
                     workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
-                ) IS NULL AS "announced!"
-                "#,
-                channel,
-                &user_ids as &[&str],
-                &user_times,
-                &user_reaches as &[Option<DateTime<Utc>>],
+                ) IS NULL AS announced
             )
-            .fetch(&mut *conn),
+            SELECT count(*) AS "changed!" FROM changed
+            "#,
+            channel,
+            &user_ids as &[&str],
+            &user_times,
+            &user_reaches as &[Option<DateTime<Utc>>],
         )
-        .await?;
+        .fetch_one(&mut *conn)
+        .await? as u64;
     }
     if !deleted_groups.is_empty() {
         let (group_ids, group_times, group_reaches) = columns(deleted_groups);
-        changed += count(
-            sqlx::query!(
-                r#"
+        changed += sqlx::query_scalar!(
+            r#"
+            WITH changed AS (
                 UPDATE workos.directory_group_memberships AS m
                 SET deleted_at = t.deleted_at, synced_at = now()
                 FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[])
@@ -738,22 +745,23 @@ pub(crate) async fn cascade_to_memberships(
                 RETURNING pg_notify(
                     $1,
                     workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
-                ) IS NULL AS "announced!"
-                "#,
-                channel,
-                &group_ids as &[&str],
-                &group_times,
-                &group_reaches as &[Option<DateTime<Utc>>],
+                ) IS NULL AS announced
             )
-            .fetch(&mut *conn),
+            SELECT count(*) AS "changed!" FROM changed
+            "#,
+            channel,
+            &group_ids as &[&str],
+            &group_times,
+            &group_reaches as &[Option<DateTime<Utc>>],
         )
-        .await?;
+        .fetch_one(&mut *conn)
+        .await? as u64;
     }
     if !deleted_directories.is_empty() {
         let (directory_ids, directory_times, _) = columns(deleted_directories);
-        changed += count(
-            sqlx::query!(
-                r#"
+        changed += sqlx::query_scalar!(
+            r#"
+            WITH changed AS (
                 UPDATE workos.directory_group_memberships AS m
                 SET deleted_at = t.deleted_at, synced_at = now()
                 FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
@@ -762,15 +770,16 @@ pub(crate) async fn cascade_to_memberships(
                 RETURNING pg_notify(
                     $1,
                     workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
-                ) IS NULL AS "announced!"
-                "#,
-                channel,
-                &directory_ids as &[&str],
-                &directory_times,
+                ) IS NULL AS announced
             )
-            .fetch(&mut *conn),
+            SELECT count(*) AS "changed!" FROM changed
+            "#,
+            channel,
+            &directory_ids as &[&str],
+            &directory_times,
         )
-        .await?;
+        .fetch_one(&mut *conn)
+        .await? as u64;
     }
     Ok(changed)
 }
@@ -792,16 +801,6 @@ pub(crate) async fn notify(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// How many rows a statement returns, read one by one and dropped: a cascade's may be a whole
-/// directory's.
-async fn count<T>(
-    rows: impl futures_util::Stream<Item = Result<T, sqlx::Error>>,
-) -> Result<u64, sqlx::Error> {
-    use futures_util::TryStreamExt;
-    rows.try_fold(0, |count, _| async move { Ok(count + 1) })
-        .await
 }
 
 /// One column of `rows`, for `UNNEST`.
