@@ -531,13 +531,14 @@ pub(crate) async fn upsert_tombstones(
 }
 
 // The cascades below may change a whole directory's rows: they bring nothing back to dsyncd
-// but a count, and Postgres itself builds and queues their change notifications, in exactly the
-// text `super::notification_payload` gives (`workos.deletion_notice`, migration 0008), so
+// but a count, and Postgres itself builds and queues their change notifications, in exactly
+// the text `super::notification_payload` gives (`workos.deletion_notice`, migration 0008), so
 // that a row two statements of a batch delete is announced once (Postgres drops a
 // transaction's repeated notifications). The notices are sent from `RETURNING`, inside the
-// statement: only the count comes back (streaming the rows back would keep the worker's one
-// runtime thread busy decoding them, and its other claim loop waiting). Each tombstone source has a statement of its own: each statement
-// only moves `deleted_at` earlier, so a row ends at the earliest tombstone that covers it.
+// statement, and only the count comes back: streaming the rows back would keep the worker's
+// one runtime thread busy decoding them, and its other claim loop waiting (BENCHMARKS.md,
+// "Scale"). Each tombstone source has a statement of its own; each only moves `deleted_at`
+// earlier, so a row ends at the earliest tombstone that covers it.
 
 /// Deletes deleted directories' own rows at their tombstones' time, whatever snapshot they
 /// hold: a deleted directory is terminal. Returns how many rows it changed.
