@@ -10,7 +10,9 @@
 //! Closed loop by default (each connection sends its next request when the last is answered);
 //! with `--rate` the requests are paced to that many per second in total. With
 //! `--changes-database URL` it also listens on `workos_directory_changes` and reports the lag
-//! from each 200 to the notification that its user was applied.
+//! from each 200 to the notification that its user was applied. `--requests 0` with
+//! `--changes-database` only listens, as costly an observer as a run's, until it is killed
+//! (`bench/scale` runs one beside a burst that no other run watches, as the control).
 //!
 //! With `--get-paths FILE` it sends `GET`s instead (the read API's benchmark): each request
 //! takes the next path of the file (one per line, in turn), with `--bearer KEY` if given.
@@ -372,6 +374,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         });
+    }
+
+    if args.requests == 0 && args.changes_database.is_some() {
+        std::future::pending::<()>().await;
     }
 
     let plan = Plan {
