@@ -295,6 +295,9 @@ pub struct IngestConfig {
     pub max_batch: usize,
     /// Deliveries that may wait for a commit; past it the receiver answers 503.
     pub queue_capacity: usize,
+    /// Deliveries a second of one directory that keep their arrival order in the claims; the
+    /// rest of a faster burst is claimed after other directories' events that arrive meanwhile.
+    pub directory_share_per_sec: u32,
 }
 
 /// `[worker]`
@@ -384,6 +387,7 @@ impl Default for IngestConfig {
         IngestConfig {
             max_batch: 512,
             queue_capacity: 8192,
+            directory_share_per_sec: 1000,
         }
     }
 }
@@ -508,7 +512,7 @@ impl Config {
                 "is empty (set WORKOS_WEBHOOK_SECRET to the endpoint secret from the WorkOS dashboard)",
             );
         }
-        let positive: [(&'static str, u64); 15] = [
+        let positive: [(&'static str, u64); 16] = [
             (
                 "server.body_limit_bytes",
                 self.server.body_limit_bytes as u64,
@@ -522,6 +526,10 @@ impl Config {
             ("database.timeout_ms", self.database.timeout_ms),
             ("ingest.max_batch", self.ingest.max_batch as u64),
             ("ingest.queue_capacity", self.ingest.queue_capacity as u64),
+            (
+                "ingest.directory_share_per_sec",
+                self.ingest.directory_share_per_sec.into(),
+            ),
             ("worker.batch_size", self.worker.batch_size.into()),
             ("worker.concurrency", self.worker.concurrency.into()),
             ("worker.lease_secs", self.worker.lease_secs),

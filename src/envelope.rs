@@ -75,6 +75,29 @@ impl<'a> Envelope<'a> {
         Ok(envelope)
     }
 
+    /// The directory the event is about: `data.directory_id`, or `data.id` for the directory's
+    /// own events (`dsync.activated`, `dsync.deactivated`, `dsync.deleted`). `None` for an
+    /// event that names none (and for `data` that is not an object).
+    pub fn directory_id(&self) -> Option<Cow<'a, str>> {
+        #[derive(Deserialize)]
+        struct Names<'b> {
+            #[serde(borrow, default)]
+            directory_id: Option<Cow<'b, str>>,
+            #[serde(borrow, default)]
+            id: Option<Cow<'b, str>>,
+        }
+        let names: Names<'a> = serde_json::from_str(self.data?.get()).ok()?;
+        let own = matches!(
+            &*self.event,
+            "dsync.activated" | "dsync.deactivated" | "dsync.deleted"
+        );
+        if own {
+            names.id
+        } else {
+            names.directory_id
+        }
+    }
+
     /// The envelope's `created_at`, parsed leniently (see [`parse_timestamp`]).
     pub fn created_at(&self) -> Option<DateTime<Utc>> {
         let raw = self.created_at?;
@@ -176,6 +199,36 @@ mod tests {
             envelope.created_at().unwrap().to_rfc3339(),
             "2021-06-25T19:07:33.155+00:00"
         );
+    }
+
+    #[test]
+    fn names_the_directory_of_every_kind_of_event() {
+        let directory = |name: &str| {
+            let body = std::fs::read(format!(
+                "{}/samples/{name}.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            let envelope = Envelope::parse(&body).unwrap();
+            envelope.directory_id().map(Cow::into_owned)
+        };
+        for name in [
+            "dsync.activated",
+            "dsync.deleted",
+            "legacy.dsync.deactivated",
+            "dsync.user.created",
+            "dsync.group.deleted",
+            "dsync.group.user_added",
+        ] {
+            assert_eq!(
+                directory(name).as_deref(),
+                Some("directory_01ECAZ4NV9QMV47GW873HDCX74"),
+                "{name}"
+            );
+        }
+        assert_eq!(directory("unknown.connection.activated"), None);
+        let odd = Envelope::parse(br#"{"id":"e","event":"dsync.user.created","data":[1]}"#);
+        assert_eq!(odd.unwrap().directory_id(), None);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! nothing: if the transaction ends without finishing the row (rollback, crash, a connection
 //! Postgres closed), the row is claimable again at once. Each event is thus written once by
 //! the worker, not twice (claimed, then finished).
+//!
+//! A worker's transaction starts with [`BEGIN`], which keeps the claim's plan on the claim
+//! index whatever the statistics say (see there).
 
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 /// A verified delivery, ready to be stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewDelivery {
     /// The event id.
     pub id: String,
@@ -21,6 +24,9 @@ pub struct NewDelivery {
     pub event: String,
     /// The body exactly as received (valid JSON, UTF-8).
     pub payload: String,
+    /// How much later than its arrival its turn to be claimed comes: zero, unless its directory
+    /// sends faster than its share (`ingest::Turns`).
+    pub turn_delay: Duration,
 }
 
 /// Inserts deliveries in one statement (one commit) and returns the ids that were new; the
@@ -29,18 +35,19 @@ pub async fn insert(
     pool: &PgPool,
     deliveries: &[&NewDelivery],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let (ids, events, payloads) = columns(deliveries);
+    let (ids, events, payloads, delays) = columns(deliveries);
     sqlx::query_scalar!(
         r#"
-        INSERT INTO workos.inbox (id, event, payload)
-        SELECT id, event, payload
-        FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(id, event, payload)
+        INSERT INTO workos.inbox (id, event, payload, turn_at)
+        SELECT id, event, payload, now() + delay * interval '1 microsecond'
+        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS d(id, event, payload, delay)
         ON CONFLICT (id) DO NOTHING
         RETURNING id
         "#,
         &ids as &[&str],
         &events as &[&str],
         &payloads as &[&str],
+        &delays,
     )
     .fetch_all(pool)
     .await
@@ -53,16 +60,17 @@ pub(crate) async fn insert_new(
     pool: &PgPool,
     deliveries: &[&NewDelivery],
 ) -> Result<(), sqlx::Error> {
-    let (ids, events, payloads) = columns(deliveries);
+    let (ids, events, payloads, delays) = columns(deliveries);
     sqlx::query!(
         r#"
-        INSERT INTO workos.inbox (id, event, payload)
-        SELECT id, event, payload
-        FROM UNNEST($1::text[], $2::text[], $3::text[]) AS d(id, event, payload)
+        INSERT INTO workos.inbox (id, event, payload, turn_at)
+        SELECT id, event, payload, now() + delay * interval '1 microsecond'
+        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS d(id, event, payload, delay)
         "#,
         &ids as &[&str],
         &events as &[&str],
         &payloads as &[&str],
+        &delays,
     )
     .execute(pool)
     .await?;
@@ -72,12 +80,12 @@ pub(crate) async fn insert_new(
 /// Inserts events that the Events API tail fetched (`source = 'events_api'`), in the caller's
 /// transaction (the one that moves the cursor), and returns the ids that were new: the events
 /// no webhook had delivered. An event already stored, by a webhook or an earlier page, is left
-/// as it is.
+/// as it is. Their turn is their arrival (`turn_delay` is not read).
 pub async fn insert_from_events_api(
     conn: &mut PgConnection,
     events: &[&NewDelivery],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let (ids, types, payloads) = columns(events);
+    let (ids, types, payloads, _) = columns(events);
     sqlx::query_scalar!(
         r#"
         INSERT INTO workos.inbox (id, event, payload, source)
@@ -101,12 +109,17 @@ pub(crate) fn is_duplicate(error: &sqlx::Error) -> bool {
         .is_some_and(|error| error.is_unique_violation())
 }
 
-fn columns<'a>(deliveries: &[&'a NewDelivery]) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
-    let mut columns = (Vec::new(), Vec::new(), Vec::new());
+type Columns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);
+
+/// The deliveries as columns: ids, types, payloads and turn delays in microseconds.
+fn columns<'a>(deliveries: &[&'a NewDelivery]) -> Columns<'a> {
+    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for delivery in deliveries {
         columns.0.push(delivery.id.as_str());
         columns.1.push(delivery.event.as_str());
         columns.2.push(delivery.payload.as_str());
+        let delay = delivery.turn_delay.as_micros();
+        columns.3.push(i64::try_from(delay).unwrap_or(i64::MAX));
     }
     columns
 }
@@ -126,18 +139,32 @@ pub struct Claimed {
     pub attempts: i32,
 }
 
-/// Which end of the inbox a claim takes from.
+/// How a worker's transaction starts: with sorts turned off until its claim has been planned
+/// (the claim turns them back on for the rest of the batch), so that a claim is always a walk
+/// along the claim index that stops at `limit` rows. Otherwise its plan depends on the
+/// statistics: after a quiet spell they say that almost no row is unfinished, and the plan is
+/// a bitmap scan of every unfinished row, dead index entries included, then a sort; cached by
+/// the prepared statement, that plan made every claim cost more as a burst's backlog grew
+/// (BENCHMARKS.md, "Scale", fairness). Sorts stay off no longer than that: the batch's other
+/// statements need them (taking the directories' locks in order among them).
+pub const BEGIN: &str = "BEGIN; SET LOCAL enable_sort = off";
+
+/// Which end of the inbox a claim takes from, in turn order (`turn_at`): arrival order, except
+/// that the events a directory sends beyond its share (`ingest.directory_share_per_sec`) have
+/// later turns than other directories' events that arrive meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOrder {
-    /// The rows that have been due longest.
+    /// The rows whose turn came first.
     OldestFirst,
-    /// The rows that became due last. A second claim loop takes from this end of a backlog,
+    /// The rows whose turn comes last. A second claim loop takes from this end of a backlog,
     /// so that neither loop's claim wades through the rows the other holds locked.
     NewestFirst,
 }
 
-/// Claims up to `limit` available rows, from the `order` end, for the transaction `conn` is
-/// in: the rows stay locked until it ends, and other workers skip them. Nothing is written.
+/// Claims up to `limit` available rows (not waiting for a retry), from the `order` end, for
+/// the transaction `conn` is in (begun with [`BEGIN`] by the worker): the rows stay locked until it ends, and other workers skip
+/// them. Nothing is written. A claim takes rows whose turn is still to come when nothing
+/// earlier is left: turns order the work, they never hold it back.
 ///
 /// `lease` bounds how long the transaction may then sit idle (a handler stuck outside the
 /// database) before Postgres ends the session, which releases the rows to other workers, and
@@ -160,12 +187,14 @@ pub async fn claim(
                 r#"
                 WITH lease AS (
                     SELECT set_config('idle_in_transaction_session_timeout', $2, true),
-                           set_config('statement_timeout', $2, true)
+                           set_config('statement_timeout', $2, true),
+                           -- Off for this claim's plan only (`BEGIN`).
+                           set_config('enable_sort', 'on', true)
                 )
                 SELECT i.id, i.event, i.payload, i.received_at, i.attempts
                 FROM workos.inbox AS i, lease
                 WHERE i.finished_at IS NULL AND i.available_at <= now()
-                ORDER BY i.available_at "#
+                ORDER BY i.turn_at "#
                     + $order
                     + r#"
                 LIMIT $1
@@ -219,13 +248,16 @@ pub async fn finish(
         &ids as &[&str],
         &statuses as &[&str],
     )
+    // Planned for each batch: a plan cached while the inbox was small joined a batch's ids to
+    // the whole inbox, where this one looks each up by its key.
+    .persistent(false)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 /// Records a failed attempt at a claimed row, in the transaction that claimed it: back to
-/// `pending` until `retry_at`, or `dead` when `retry_at` is `None`.
+/// `pending` until `retry_at` (its turn then), or `dead` when `retry_at` is `None`.
 pub async fn fail(
     conn: &mut PgConnection,
     row: &Claimed,
@@ -238,6 +270,7 @@ pub async fn fail(
         SET status = CASE WHEN $2::timestamptz IS NULL THEN 'dead' ELSE 'pending' END,
             attempts = attempts + 1,
             available_at = COALESCE($2, available_at),
+            turn_at = COALESCE($2, turn_at),
             finished_at = CASE WHEN $2 IS NULL THEN now() END,
             last_error = $3
         WHERE id = $1
@@ -429,7 +462,7 @@ pub async fn requeue(pool: &PgPool, selection: &Selection) -> Result<u64, sqlx::
         r#"
         WITH requeued AS (
             UPDATE workos.inbox
-            SET status = 'pending', attempts = 0, available_at = now(),
+            SET status = 'pending', attempts = 0, available_at = now(), turn_at = now(),
                 finished_at = NULL, last_error = NULL
             WHERE status = ANY($1::text[])
               AND (cardinality($2::text[]) = 0 OR id = ANY($2))

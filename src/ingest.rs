@@ -6,6 +6,10 @@
 //! time: while it runs, the next batch gathers, so under load commits grow instead of
 //! multiplying, and with one sender each delivery is its own commit with no added wait.
 //!
+//! The writer also gives each delivery its turn in the claim order ([`Turns`]): its arrival,
+//! unless its directory sends faster than `ingest.directory_share_per_sec`, in which case the
+//! excess waits behind other directories' events (migration 0009).
+//!
 //! The insert expects new deliveries: a redelivery makes it fail and store nothing, and the
 //! batch is inserted again with `ON CONFLICT DO NOTHING`, which sorts new from duplicate. That
 //! check is left out while redeliveries are rare, since it costs Postgres a sixth of the insert
@@ -16,9 +20,9 @@
 //! even though some rows may have been committed: WorkOS then retries, and the retry is a
 //! duplicate, which is a success.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -59,6 +63,8 @@ type Reply = Result<Stored, IngestError>;
 
 struct Job {
     delivery: NewDelivery,
+    /// The directory it is about, if it names one.
+    directory: Option<String>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -82,16 +88,23 @@ impl Ingest {
             timeout,
             metrics,
             expect_new: true,
+            turns: Turns::new(config.ingest.directory_share_per_sec),
         };
         let task = tokio::spawn(writer.run());
         (Ingest { queue, timeout }, task)
     }
 
-    /// Stores one delivery; returns once it is committed, or with the reason it is not.
-    pub async fn store(&self, delivery: NewDelivery) -> Reply {
+    /// Stores one delivery about `directory` (its turn is the writer's to give: any
+    /// `turn_delay` it holds is replaced); returns once it is committed, or with the reason it
+    /// is not.
+    pub async fn store(&self, delivery: NewDelivery, directory: Option<String>) -> Reply {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send(Job { delivery, reply })
+            .try_send(Job {
+                delivery,
+                directory,
+                reply,
+            })
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => IngestError::Stopped,
@@ -115,6 +128,7 @@ struct Writer {
     /// insert that need not look for them is cheaper. Off from a flush that met one until a
     /// flush without one, so a burst of retries does not pay for two inserts a flush.
     expect_new: bool,
+    turns: Turns,
 }
 
 impl Writer {
@@ -131,6 +145,10 @@ impl Writer {
     }
 
     async fn flush(&mut self, batch: &mut Vec<Job>) {
+        let now = Instant::now();
+        for job in batch.iter_mut() {
+            job.delivery.turn_delay = self.turns.next(job.directory.as_deref(), now);
+        }
         // In id order: two receivers inserting the same ids (a retry reaching another replica)
         // then take their row locks in the same order, and cannot deadlock.
         let mut deliveries: Vec<&NewDelivery> = batch.iter().map(|job| &job.delivery).collect();
@@ -205,6 +223,48 @@ impl Writer {
     }
 }
 
+/// Each directory's place in the claim order: a virtual clock that advances by one share
+/// (`1 / directory_share_per_sec`) per delivery and never lags real time. A directory within
+/// its share gets turns at its arrivals; one sending faster (a first sync of 200,000 users) gets
+/// turns further and further ahead, so that events of other directories, arriving now, are
+/// claimed before its excess. A receiver keeps its own clocks: with several, a directory's
+/// share is one per receiver. Events that name no directory share one clock.
+struct Turns {
+    share: Duration,
+    clocks: HashMap<String, Instant>,
+    pruned: Instant,
+}
+
+impl Turns {
+    /// How often clocks that real time has caught up with are forgotten.
+    const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+    fn new(share_per_sec: u32) -> Self {
+        Turns {
+            share: Duration::from_secs(1) / share_per_sec.max(1),
+            clocks: HashMap::new(),
+            pruned: Instant::now(),
+        }
+    }
+
+    /// The turn delay of the next delivery about `directory`, received `now`.
+    fn next(&mut self, directory: Option<&str>, now: Instant) -> Duration {
+        if now.duration_since(self.pruned) >= Self::PRUNE_EVERY {
+            // A clock behind real time gives the same turns as no clock.
+            self.clocks.retain(|_, clock| *clock > now);
+            self.pruned = now;
+        }
+        let directory = directory.unwrap_or("");
+        let clock = match self.clocks.get_mut(directory) {
+            Some(clock) => clock,
+            None => self.clocks.entry(directory.to_owned()).or_insert(now),
+        };
+        let turn = (*clock).max(now);
+        *clock = turn + self.share;
+        turn - now
+    }
+}
+
 fn stored_as(duplicate: bool) -> Stored {
     if duplicate {
         Stored::Duplicate
@@ -257,5 +317,57 @@ impl From<InsertError> for IngestError {
             InsertError::Unavailable | InsertError::Duplicate => IngestError::Unavailable,
             InsertError::Refused(message) => IngestError::Refused(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_within_its_share_keeps_arrival_order() {
+        let mut turns = Turns::new(1000);
+        let start = Instant::now();
+        for n in 0..100 {
+            let now = start + Duration::from_millis(2 * n);
+            assert_eq!(turns.next(Some("directory_b"), now), Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn a_burst_beyond_the_share_goes_behind_what_others_send_meanwhile() {
+        let mut turns = Turns::new(1000);
+        let now = Instant::now();
+        let burst: Vec<Duration> = (0..5000)
+            .map(|_| turns.next(Some("directory_a"), now))
+            .collect();
+        assert_eq!(burst[0], Duration::ZERO);
+        assert_eq!(burst[4999], Duration::from_millis(4999));
+        // Another directory, and events without one, still go at once.
+        assert_eq!(turns.next(Some("directory_b"), now), Duration::ZERO);
+        assert_eq!(turns.next(None, now), Duration::ZERO);
+        // A second later the burst's clock is 4 s ahead of real time; it catches up at the
+        // share's pace, not at once.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            turns.next(Some("directory_a"), later),
+            Duration::from_secs(4)
+        );
+        assert_eq!(turns.next(Some("directory_b"), later), Duration::ZERO);
+    }
+
+    #[test]
+    fn clocks_caught_up_with_are_forgotten() {
+        let mut turns = Turns::new(1000);
+        let now = Instant::now();
+        for directory in ["a", "b", "c"] {
+            turns.next(Some(directory), now);
+        }
+        turns.next(Some("d"), now + Turns::PRUNE_EVERY);
+        assert_eq!(turns.clocks.len(), 1);
+        assert_eq!(
+            turns.next(Some("a"), now + Turns::PRUNE_EVERY),
+            Duration::ZERO
+        );
     }
 }

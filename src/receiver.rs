@@ -6,6 +6,7 @@
 //! id is a success. Rejections are logged at `warn` with their reason, never with the body, the
 //! header or a secret.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -132,14 +133,20 @@ async fn verify_and_store(
     let envelope =
         Envelope::parse(&body).map_err(|error| ApiError::NotAnEvent(error.to_string()))?;
     tracing::debug!(event.id = %envelope.id, event.type = %envelope.event, "delivery verified");
+    let directory = envelope.directory_id().map(Cow::into_owned);
     let (id, event) = (envelope.id.into_owned(), envelope.event.into_owned());
     // The envelope parsed, so the body is valid JSON and therefore UTF-8. (Taking the bytes
     // over reuses their allocation when nothing else holds them.)
     let payload = String::from_utf8(Vec::from(body)).expect("JSON bodies are UTF-8");
-    let delivery = NewDelivery { id, event, payload };
+    let delivery = NewDelivery {
+        id,
+        event,
+        payload,
+        turn_delay: Duration::ZERO,
+    };
     receiver
         .ingest
-        .store(delivery)
+        .store(delivery, directory)
         .await
         .map_err(ApiError::Storage)
 }

@@ -87,7 +87,7 @@ impl Worker {
     }
 
     async fn run_batch(&self, order: ClaimOrder) -> Result<BatchReport, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(inbox::BEGIN).await?;
         let lease = Duration::from_secs(self.config.lease_secs);
         let claimed = inbox::claim(&mut tx, self.config.batch_size.into(), lease, order).await?;
         if claimed.is_empty() {

@@ -116,6 +116,7 @@ impl Tail {
                         id: envelope.id.into_owned(),
                         event: envelope.event.into_owned(),
                         payload: item.get().to_owned(),
+                        ..NewDelivery::default()
                     });
                 }
                 Err(error) => {

@@ -57,6 +57,7 @@ async fn delivered(pool: &PgPool, bodies: &[String]) {
                 id: value["id"].as_str().unwrap().to_owned(),
                 event: value["event"].as_str().unwrap().to_owned(),
                 payload: body.clone(),
+                ..NewDelivery::default()
             }
         })
         .collect();

@@ -67,6 +67,7 @@ async fn store(pool: &PgPool, ids: &[&str], event: &str) {
             id: (*id).to_owned(),
             event: event.to_owned(),
             payload: format!(r#"{{"id":"{id}","event":"{event}","data":{{}}}}"#),
+            ..inbox::NewDelivery::default()
         })
         .collect();
     let deliveries: Vec<&inbox::NewDelivery> = deliveries.iter().collect();
@@ -216,10 +217,10 @@ async fn a_claim_holds_its_events_until_its_transaction_ends(pool: PgPool) {
 #[sqlx::test]
 async fn claims_take_from_the_end_they_are_asked_for_and_skip_each_others_rows(pool: PgPool) {
     store(&pool, &["e1", "e2", "e3"], "dsync.user.created").await;
-    // Due one second apart, e1 first.
+    // Turns one second apart, e1 first.
     sqlx::query(
         "UPDATE workos.inbox
-         SET available_at = now() - interval '1 minute' + substr(id, 2)::int * interval '1 second'",
+         SET turn_at = now() - interval '1 minute' + substr(id, 2)::int * interval '1 second'",
     )
     .execute(&pool)
     .await
@@ -476,4 +477,84 @@ async fn a_batch_statement_may_outlast_the_receivers_statement_timeout(pool: PgP
     let report = worker.run_until_empty().await.unwrap();
     assert_eq!((report.finished, report.failed), (1, 0));
     assert_eq!(status(&strict, "e1").await.0, "done");
+}
+
+#[sqlx::test]
+async fn a_directory_sending_past_its_share_is_claimed_after_what_others_send_meanwhile(
+    pool: PgPool,
+) {
+    // One delivery a second is directory A's share: 40 sent at once are 39 beyond it.
+    let mut config = TestApp::config();
+    config.ingest.directory_share_per_sec = 1;
+    let app = TestApp::spawn_with(pool.clone(), config, Role::Receiver).await;
+    let of = |directory: &str, id: String| {
+        user_created(&id).replace("directory_01ECAZ4NV9QMV47GW873HDCX74", directory)
+    };
+    for n in 0..40 {
+        let response = app.deliver(&of("directory_a", format!("a{n:02}"))).await;
+        assert_eq!(response.status(), 200);
+    }
+    let response = app.deliver(&of("directory_b", "b".to_owned())).await;
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+
+    // B arrived last and is claimed among the first: only A's deliveries within its share (one
+    // per second the 40 took to send) come before it. A's later turns are still due now.
+    let mut tx = pool.begin().await.unwrap();
+    let claimed = inbox::claim(
+        &mut tx,
+        100,
+        Duration::from_secs(60),
+        ClaimOrder::OldestFirst,
+    )
+    .await
+    .unwrap();
+    let order: Vec<&str> = claimed.iter().map(|row| row.id.as_str()).collect();
+    assert_eq!(order.len(), 41);
+    let b = order.iter().position(|id| *id == "b").unwrap();
+    assert!(b <= 5, "B claimed at {b}: {order:?}");
+    // A's own deliveries keep their order.
+    let a: Vec<&str> = order.iter().copied().filter(|id| *id != "b").collect();
+    let mut sorted = a.clone();
+    sorted.sort_unstable();
+    assert_eq!(a, sorted);
+}
+
+#[sqlx::test]
+async fn a_claim_walks_the_claim_index_even_when_statistics_say_the_inbox_is_empty(pool: PgPool) {
+    // Statistics taken while the inbox was empty (a new deployment), then a burst.
+    sqlx::query("ANALYZE workos.inbox")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..3000).map(|n| format!("e{n:04}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    store(&pool, &ids, "dsync.user.created").await;
+
+    // A worker's claim of 1,000 reads 1,000 rows, not the whole burst (a bitmap scan of every
+    // unfinished row, then a sort, as the statistics would have it).
+    let mut tx = pool.begin_with(inbox::BEGIN).await.unwrap();
+    let claimed = inbox::claim(
+        &mut tx,
+        1000,
+        Duration::from_secs(60),
+        ClaimOrder::OldestFirst,
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1000);
+    let fetched: i64 = sqlx::query_scalar(
+        "SELECT idx_tup_fetch + seq_tup_read FROM pg_stat_xact_user_tables
+         WHERE schemaname = 'workos' AND relname = 'inbox'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(fetched <= 1100, "the claim read {fetched} rows");
+    // The batch's own statements may sort again.
+    let sorts: String = sqlx::query_scalar("SELECT current_setting('enable_sort')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(sorts, "on");
 }
