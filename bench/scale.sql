@@ -1,8 +1,8 @@
 -- Fills for bench/scale, installed in each benchmark database (schema `bench`). They build the
 -- rows in SQL (INSERT … SELECT generate_series), much faster than posting them: the deliveries
 -- look like the load generator's (samples/dsync.user.created.json padded to ~1 KB), spread over
--- many directories. They work on the schema of any dsyncd release: the inbox's `directory_id`
--- column (migration 0008) is filled only where it exists.
+-- many directories. They work on the schema of any dsyncd release (a stored backlog's rows all
+-- take the turn of their arrival, where migration 0009's `turn_at` exists).
 CREATE SCHEMA IF NOT EXISTS bench;
 
 -- The body of user event number `n` of directory `directory`, about 1 KB.
@@ -28,30 +28,20 @@ $$;
 CREATE FUNCTION bench.fill_inbox(prefix text, count bigint, directories int,
                                  finished_from timestamptz DEFAULT NULL,
                                  finished_to timestamptz DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    has_directory boolean := EXISTS (
-        SELECT 1 FROM information_schema.columns
-        WHERE table_schema = 'workos' AND table_name = 'inbox' AND column_name = 'directory_id');
-BEGIN
-    EXECUTE format($f$
-        INSERT INTO workos.inbox (id, event, payload, status, attempts, received_at, available_at,
-                                  finished_at %s)
-        SELECT 'event_' || $1 || '_' || lpad(g::text, 8, '0'), 'dsync.user.created',
-               bench.user_event($1, g, d), s.status, s.attempts, s.at, s.at, s.finished %s
-        FROM generate_series(0, $2 - 1) AS g,
-             LATERAL (SELECT 'directory_' || $1 || '_' || (g %% $3) AS d) AS dir,
-             LATERAL (
-                 SELECT CASE WHEN $4 IS NULL THEN 'pending' ELSE 'done' END AS status,
-                        CASE WHEN $4 IS NULL THEN 0 ELSE 1 END AS attempts,
-                        COALESCE($4 + ($5 - $4) * (g::float8 / $2), now()) AS at,
-                        $4 + ($5 - $4) * (g::float8 / $2) AS finished
-             ) AS s
-        $f$,
-        CASE WHEN has_directory THEN ', directory_id' ELSE '' END,
-        CASE WHEN has_directory THEN ', dir.d' ELSE '' END)
-    USING prefix, count, directories, finished_from, finished_to;
-END;
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO workos.inbox (id, event, payload, status, attempts, received_at, available_at,
+                              finished_at)
+    SELECT 'event_' || prefix || '_' || lpad(g::text, 8, '0'), 'dsync.user.created',
+           bench.user_event(prefix, g, 'directory_' || prefix || '_' || (g % directories)),
+           s.status, s.attempts, s.at, s.at, s.finished
+    FROM generate_series(0, count - 1) AS g,
+         LATERAL (
+             SELECT CASE WHEN finished_from IS NULL THEN 'pending' ELSE 'done' END AS status,
+                    CASE WHEN finished_from IS NULL THEN 0 ELSE 1 END AS attempts,
+                    COALESCE(finished_from + (finished_to - finished_from) * (g::float8 / count),
+                             now()) AS at,
+                    finished_from + (finished_to - finished_from) * (g::float8 / count) AS finished
+         ) AS s;
 $$;
 
 -- A directory `directory` with `users` users, `groups` groups and each user in
