@@ -162,9 +162,10 @@ pub enum ClaimOrder {
 }
 
 /// Claims up to `limit` available rows (not waiting for a retry), from the `order` end, for
-/// the transaction `conn` is in (begun with [`BEGIN`] by the worker): the rows stay locked until it ends, and other workers skip
-/// them. Nothing is written. A claim takes rows whose turn is still to come when nothing
-/// earlier is left: turns order the work, they never hold it back.
+/// the transaction `conn` is in (begun with [`BEGIN`] by the worker): the rows stay locked
+/// until it ends, and other workers skip them. Nothing is written. A claim takes rows whose
+/// turn is still to come when nothing earlier is left: turns order the work, they never hold
+/// it back.
 ///
 /// `lease` bounds how long the transaction may then sit idle (a handler stuck outside the
 /// database) before Postgres ends the session, which releases the rows to other workers, and
