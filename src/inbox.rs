@@ -398,6 +398,9 @@ pub struct Row {
     pub payload: String,
     /// When the row may next be claimed (a retry's backoff).
     pub available_at: DateTime<Utc>,
+    /// Its place in the claim order (later than its arrival if its directory sent faster than
+    /// its share).
+    pub turn_at: DateTime<Utc>,
     /// When it reached done, ignored or dead.
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -407,7 +410,7 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
         SELECT id, event, status, source, attempts, received_at, last_error,
-               payload, available_at, finished_at
+               payload, available_at, turn_at, finished_at
         FROM workos.inbox WHERE id = $1
         "#,
         id
@@ -426,6 +429,7 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Row>, sqlx::Error> {
         },
         payload: row.payload,
         available_at: row.available_at,
+        turn_at: row.turn_at,
         finished_at: row.finished_at,
     }))
 }

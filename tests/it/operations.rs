@@ -111,6 +111,16 @@ async fn inbox_commands_show_and_mend_the_inbox(pool: PgPool) {
             && stdout.contains("\"email\": \"marcelina.davis@example.com\""),
         "{stdout}"
     );
+    // Its turn in the claims: the first of its directory, within its share, so its arrival.
+    let turn = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("turn_at:"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let received = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("received_at:"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(turn.trim(), received.trim(), "{stdout}");
     let (ok, _, stderr) = dsyncd(&pool, &["inbox", "show", "event_missing"], &[]).await;
     assert!(
         !ok && stderr.contains("no event `event_missing`"),

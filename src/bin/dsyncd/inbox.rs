@@ -113,6 +113,7 @@ pub async fn run(config: &Config, command: InboxCommand) -> anyhow::Result<()> {
             println!("attempts:     {}", summary.attempts);
             println!("received_at:  {}", summary.received_at.to_rfc3339());
             println!("available_at: {}", row.available_at.to_rfc3339());
+            println!("turn_at:      {}", row.turn_at.to_rfc3339());
             let finished = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
             println!("finished_at:  {finished}");
             println!(
