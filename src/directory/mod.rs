@@ -137,32 +137,8 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<u64, sqlx::Error>
     // of them can delete a whole directory, and its rows never come back here.
     let payloads = notification_payloads(changes);
     store::notify(conn, CHANGES_CHANNEL, &payloads).await?;
-    let mut changed = payloads.len() as u64;
-    changed +=
-        store::cascade_to_directories(conn, CHANGES_CHANNEL, &tombstones.directories).await?;
-    changed += store::cascade_to_users(
-        conn,
-        CHANGES_CHANNEL,
-        &tombstones.directories,
-        &tombstones.users,
-    )
-    .await?;
-    changed += store::cascade_to_groups(
-        conn,
-        CHANGES_CHANNEL,
-        &tombstones.directories,
-        &tombstones.groups,
-    )
-    .await?;
-    changed += store::cascade_to_memberships(
-        conn,
-        CHANGES_CHANNEL,
-        &tombstones.users,
-        &tombstones.groups,
-        &tombstones.directories,
-    )
-    .await?;
-    Ok(changed)
+    let cascaded = store::cascade(conn, CHANGES_CHANNEL, &tombstones).await?;
+    Ok(payloads.len() as u64 + cascaded)
 }
 
 /// One payload per changed row, saying how the row ended up after the batch's last change.

@@ -530,258 +530,112 @@ pub(crate) async fn upsert_tombstones(
     Ok(new)
 }
 
-// The cascades below may change a whole directory's rows: they bring nothing back to dsyncd
-// but a count, and Postgres itself builds and queues their change notifications, in exactly
-// the text `super::notification_payload` gives (`workos.deletion_notice`, migration 0008), so
-// that a row two statements of a batch delete is announced once (Postgres drops a
-// transaction's repeated notifications). The notices are sent from `RETURNING`, inside the
-// statement, and only the count comes back: streaming the rows back would keep the worker's
-// one runtime thread busy decoding them, and its other claim loop waiting (BENCHMARKS.md,
-// "Scale"). Each tombstone source has a statement of its own; each only moves `deleted_at`
-// earlier, so a row ends at the earliest tombstone that covers it.
-
-/// Deletes deleted directories' own rows at their tombstones' time, whatever snapshot they
-/// hold: a deleted directory is terminal. Returns how many rows it changed.
-pub(crate) async fn cascade_to_directories(
+/// Applies the batch's new tombstones to the rows they cover and returns how many rows changed
+/// (a row two tombstones change counts twice):
+/// - a deleted directory's own row, whatever snapshot it holds (a deleted directory is
+///   terminal), and every user, group and membership of it;
+/// - a deleted user or group whose row holds its deletion (not a newer snapshot);
+/// - the memberships of a deleted user or group decided at or before its reach.
+///
+/// Each row is deleted at the earliest tombstone that covers it: every statement only moves
+/// `deleted_at` earlier. The statements may change a whole directory's rows, so they bring
+/// nothing back to dsyncd but a count: Postgres itself queues their change notifications (from
+/// `RETURNING`, inside the statement), in exactly the text `super::notification_payload` gives
+/// (`workos.deletion_notice`, migration 0008), so that a row two statements of a batch delete
+/// is announced once (Postgres drops a transaction's repeated notifications). Streaming the
+/// rows back kept the worker's one runtime thread busy decoding them, and its other claim loop
+/// waiting (BENCHMARKS.md, "Scale"). Each tombstone source has a statement of its own, on the
+/// index of its key.
+pub(crate) async fn cascade(
     conn: &mut PgConnection,
     channel: &str,
-    deleted_directories: &[Tombstone],
+    tombstones: &NewTombstones,
 ) -> Result<u64, sqlx::Error> {
-    if deleted_directories.is_empty() {
-        return Ok(0);
+    // The one statement shape: the rows `r` of `table` that match a tombstone `t` (its `key`,
+    // `deleted_at` and `reach`) move to its time, each announced with `notice`.
+    macro_rules! cascade {
+        ($table:literal, $matches:literal, $notice:literal, $tombstones:expr) => {{
+            let tombstones: &[Tombstone] = $tombstones;
+            if tombstones.is_empty() {
+                0
+            } else {
+                let (keys, times, reaches) = columns(tombstones);
+                sqlx::query_scalar!(
+                    "WITH changed AS ( UPDATE workos."
+                        + $table
+                        + " AS r \
+                     SET deleted_at = t.deleted_at, synced_at = now() \
+                     FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) \
+                         AS t(key, deleted_at, reach) \
+                     WHERE "
+                        + $matches
+                        + " \
+                       AND (r.deleted_at IS NULL OR r.deleted_at > t.deleted_at) \
+                     RETURNING pg_notify($1, "
+                        + $notice
+                        + ") IS NULL AS announced ) \
+                     SELECT count(*) AS \"changed!\" FROM changed",
+                    channel,
+                    &keys as &[&str],
+                    &times,
+                    &reaches as &[Option<DateTime<Utc>>],
+                )
+                .fetch_one(&mut *conn)
+                .await? as u64
+            }
+        }};
     }
-    let (ids, times, _) = columns(deleted_directories);
-    let changed = sqlx::query_scalar!(
-        r#"
-        WITH changed AS (
-            UPDATE workos.directories AS d
-            SET deleted_at = t.deleted_at, synced_at = now()
-            FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
-            WHERE d.id = t.id AND (d.deleted_at IS NULL OR d.deleted_at > t.deleted_at)
-            RETURNING pg_notify(
-                $1,
-                workos.deletion_notice('directories', d.id, d.id)
-            ) IS NULL AS announced
-        )
-        SELECT count(*) AS "changed!" FROM changed
-        "#,
-        channel,
-        &ids as &[&str],
-        &times,
-    )
-    .fetch_one(conn)
-    .await? as u64;
-    Ok(changed)
-}
-
-/// Deletes every user of the deleted directories, and the deleted users whose row holds their
-/// deletion (not a newer snapshot), each at the earliest tombstone that covers it. Returns how
-/// many rows it changed (a row both sources change counts twice).
-pub(crate) async fn cascade_to_users(
-    conn: &mut PgConnection,
-    channel: &str,
-    deleted_directories: &[Tombstone],
-    deleted_users: &[Tombstone],
-) -> Result<u64, sqlx::Error> {
-    let mut changed = 0;
-    if !deleted_directories.is_empty() {
-        let (directory_ids, directory_times, _) = columns(deleted_directories);
-        changed += sqlx::query_scalar!(
-            r#"
-            WITH changed AS (
-                UPDATE workos.directory_users AS u
-                SET deleted_at = t.deleted_at, synced_at = now()
-                FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
-                WHERE u.directory_id = t.directory_id
-                  AND (u.deleted_at IS NULL OR u.deleted_at > t.deleted_at)
-                RETURNING pg_notify(
-                    $1,
-                    workos.deletion_notice('directory_users', u.directory_id, u.id)
-                ) IS NULL AS announced
-            )
-            SELECT count(*) AS "changed!" FROM changed
-            "#,
-            channel,
-            &directory_ids as &[&str],
-            &directory_times,
-        )
-        .fetch_one(&mut *conn)
-        .await? as u64;
-    }
-    if !deleted_users.is_empty() {
-        let (user_ids, user_times, _) = columns(deleted_users);
-        changed += sqlx::query_scalar!(
-            r#"
-            WITH changed AS (
-                UPDATE workos.directory_users AS u
-                SET deleted_at = t.deleted_at, synced_at = now()
-                FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
-                WHERE u.id = t.id AND u.last_event = 'dsync.user.deleted'
-                  AND (u.deleted_at IS NULL OR u.deleted_at > t.deleted_at)
-                RETURNING pg_notify(
-                    $1,
-                    workos.deletion_notice('directory_users', u.directory_id, u.id)
-                ) IS NULL AS announced
-            )
-            SELECT count(*) AS "changed!" FROM changed
-            "#,
-            channel,
-            &user_ids as &[&str],
-            &user_times,
-        )
-        .fetch_one(&mut *conn)
-        .await? as u64;
-    }
-    Ok(changed)
-}
-
-/// Deletes every group of the deleted directories, and the deleted groups, like
-/// [`cascade_to_users`].
-pub(crate) async fn cascade_to_groups(
-    conn: &mut PgConnection,
-    channel: &str,
-    deleted_directories: &[Tombstone],
-    deleted_groups: &[Tombstone],
-) -> Result<u64, sqlx::Error> {
-    let mut changed = 0;
-    if !deleted_directories.is_empty() {
-        let (directory_ids, directory_times, _) = columns(deleted_directories);
-        changed += sqlx::query_scalar!(
-            r#"
-            WITH changed AS (
-                UPDATE workos.directory_groups AS g
-                SET deleted_at = t.deleted_at, synced_at = now()
-                FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
-                WHERE g.directory_id = t.directory_id
-                  AND (g.deleted_at IS NULL OR g.deleted_at > t.deleted_at)
-                RETURNING pg_notify(
-                    $1,
-                    workos.deletion_notice('directory_groups', g.directory_id, g.id)
-                ) IS NULL AS announced
-            )
-            SELECT count(*) AS "changed!" FROM changed
-            "#,
-            channel,
-            &directory_ids as &[&str],
-            &directory_times,
-        )
-        .fetch_one(&mut *conn)
-        .await? as u64;
-    }
-    if !deleted_groups.is_empty() {
-        let (group_ids, group_times, _) = columns(deleted_groups);
-        changed += sqlx::query_scalar!(
-            r#"
-            WITH changed AS (
-                UPDATE workos.directory_groups AS g
-                SET deleted_at = t.deleted_at, synced_at = now()
-                FROM unnest($2::text[], $3::timestamptz[]) AS t(id, deleted_at)
-                WHERE g.id = t.id AND g.last_event = 'dsync.group.deleted'
-                  AND (g.deleted_at IS NULL OR g.deleted_at > t.deleted_at)
-                RETURNING pg_notify(
-                    $1,
-                    workos.deletion_notice('directory_groups', g.directory_id, g.id)
-                ) IS NULL AS announced
-            )
-            SELECT count(*) AS "changed!" FROM changed
-            "#,
-            channel,
-            &group_ids as &[&str],
-            &group_times,
-        )
-        .fetch_one(&mut *conn)
-        .await? as u64;
-    }
-    Ok(changed)
-}
-
-/// Deletes the memberships the tombstones cover (every one of a deleted directory; a deleted
-/// user's or group's decided at or before its reach), each at the earliest tombstone that
-/// covers it. Returns how many rows it changed, like [`cascade_to_users`].
-pub(crate) async fn cascade_to_memberships(
-    conn: &mut PgConnection,
-    channel: &str,
-    deleted_users: &[Tombstone],
-    deleted_groups: &[Tombstone],
-    deleted_directories: &[Tombstone],
-) -> Result<u64, sqlx::Error> {
-    let mut changed = 0;
-    if !deleted_users.is_empty() {
-        let (user_ids, user_times, user_reaches) = columns(deleted_users);
-        changed += sqlx::query_scalar!(
-            r#"
-            WITH changed AS (
-                UPDATE workos.directory_group_memberships AS m
-                SET deleted_at = t.deleted_at, synced_at = now()
-                FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[])
-                    AS t(id, deleted_at, reach)
-                WHERE m.user_id = t.id AND (t.reach IS NULL OR m.updated_at <= t.reach)
-                  AND (m.deleted_at IS NULL OR m.deleted_at > t.deleted_at)
-                RETURNING pg_notify(
-                    $1,
-                    workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
-                ) IS NULL AS announced
-            )
-            SELECT count(*) AS "changed!" FROM changed
-            "#,
-            channel,
-            &user_ids as &[&str],
-            &user_times,
-            &user_reaches as &[Option<DateTime<Utc>>],
-        )
-        .fetch_one(&mut *conn)
-        .await? as u64;
-    }
-    if !deleted_groups.is_empty() {
-        let (group_ids, group_times, group_reaches) = columns(deleted_groups);
-        changed += sqlx::query_scalar!(
-            r#"
-            WITH changed AS (
-                UPDATE workos.directory_group_memberships AS m
-                SET deleted_at = t.deleted_at, synced_at = now()
-                FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[])
-                    AS t(id, deleted_at, reach)
-                WHERE m.group_id = t.id AND (t.reach IS NULL OR m.updated_at <= t.reach)
-                  AND (m.deleted_at IS NULL OR m.deleted_at > t.deleted_at)
-                RETURNING pg_notify(
-                    $1,
-                    workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
-                ) IS NULL AS announced
-            )
-            SELECT count(*) AS "changed!" FROM changed
-            "#,
-            channel,
-            &group_ids as &[&str],
-            &group_times,
-            &group_reaches as &[Option<DateTime<Utc>>],
-        )
-        .fetch_one(&mut *conn)
-        .await? as u64;
-    }
-    if !deleted_directories.is_empty() {
-        let (directory_ids, directory_times, _) = columns(deleted_directories);
-        changed += sqlx::query_scalar!(
-            r#"
-            WITH changed AS (
-                UPDATE workos.directory_group_memberships AS m
-                SET deleted_at = t.deleted_at, synced_at = now()
-                FROM unnest($2::text[], $3::timestamptz[]) AS t(directory_id, deleted_at)
-                WHERE m.directory_id = t.directory_id
-                  AND (m.deleted_at IS NULL OR m.deleted_at > t.deleted_at)
-                RETURNING pg_notify(
-                    $1,
-                    workos.membership_deletion_notice(m.directory_id, m.group_id, m.user_id)
-                ) IS NULL AS announced
-            )
-            SELECT count(*) AS "changed!" FROM changed
-            "#,
-            channel,
-            &directory_ids as &[&str],
-            &directory_times,
-        )
-        .fetch_one(&mut *conn)
-        .await? as u64;
-    }
+    let directories = &tombstones.directories[..];
+    let users = &tombstones.users[..];
+    let groups = &tombstones.groups[..];
+    let mut changed = cascade!(
+        "directories",
+        "r.id = t.key",
+        "workos.deletion_notice('directories', r.id, r.id)",
+        directories
+    );
+    changed += cascade!(
+        "directory_users",
+        "r.directory_id = t.key",
+        "workos.deletion_notice('directory_users', r.directory_id, r.id)",
+        directories
+    );
+    changed += cascade!(
+        "directory_users",
+        "r.id = t.key AND r.last_event = 'dsync.user.deleted'",
+        "workos.deletion_notice('directory_users', r.directory_id, r.id)",
+        users
+    );
+    changed += cascade!(
+        "directory_groups",
+        "r.directory_id = t.key",
+        "workos.deletion_notice('directory_groups', r.directory_id, r.id)",
+        directories
+    );
+    changed += cascade!(
+        "directory_groups",
+        "r.id = t.key AND r.last_event = 'dsync.group.deleted'",
+        "workos.deletion_notice('directory_groups', r.directory_id, r.id)",
+        groups
+    );
+    changed += cascade!(
+        "directory_group_memberships",
+        "r.user_id = t.key AND (t.reach IS NULL OR r.updated_at <= t.reach)",
+        "workos.membership_deletion_notice(r.directory_id, r.group_id, r.user_id)",
+        users
+    );
+    changed += cascade!(
+        "directory_group_memberships",
+        "r.group_id = t.key AND (t.reach IS NULL OR r.updated_at <= t.reach)",
+        "workos.membership_deletion_notice(r.directory_id, r.group_id, r.user_id)",
+        groups
+    );
+    changed += cascade!(
+        "directory_group_memberships",
+        "r.directory_id = t.key",
+        "workos.membership_deletion_notice(r.directory_id, r.group_id, r.user_id)",
+        directories
+    );
     Ok(changed)
 }
 
