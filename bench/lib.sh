@@ -20,11 +20,14 @@ stop_dsyncd() {
 }
 
 # drained_at: waits until no inbox row is unfinished, and prints when the last one finished
-# (Unix seconds). The poll must cost Postgres next to nothing (counting the rows scans the whole
-# inbox, and every 50 ms that took a core from the drain it measured; even this one walks the
-# claim index past finished rows), so it runs twice a second, and the end is read from the rows.
+# (Unix seconds). The poll must cost Postgres next to nothing: counting the rows scans the whole
+# inbox, and every 50 ms that took a core from the drain it measured. So it runs twice a second,
+# the end is read from the rows, and it walks the partial index of unfinished rows (with a plan
+# of its own, a sequential scan read past every finished row: 1.1 s of Postgres's time in a
+# drain of a million, BENCHMARKS.md).
 drained_at() {
-  while [ -n "$(psql -tAq "$DATABASE_URL" -c "SELECT 1 FROM workos.inbox WHERE finished_at IS NULL LIMIT 1")" ]; do
+  while [ -n "$(psql -tAq "$DATABASE_URL" -c "SET enable_seqscan = off" \
+      -c "SELECT 1 FROM workos.inbox WHERE finished_at IS NULL LIMIT 1")" ]; do
     sleep 0.5
   done
   psql -tAq "$DATABASE_URL" -c "SELECT extract(epoch FROM max(finished_at)) FROM workos.inbox"

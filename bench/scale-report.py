@@ -49,24 +49,30 @@ def add(what, bar, values):
 raw = defaultdict(dict)
 for b in binaries:
     drains = by[(b, "drain")]
-    small = [d["events"] / d["seconds"] for d in drains if d["events"] == 100000]
-    large = [d["events"] / d["seconds"] for d in drains if d["events"] == 1000000]
+    # From the first batch's finish to the last's (results before 2026-12-01 15:50 UTC: from
+    # the worker's start).
+    rate = lambda d: d["events"] / (d["finished"] - d.get("first_finished", d.get("started", 0))) \
+        if "finished" in d else d["events"] / d["seconds"]
+    small = [rate(d) for d in drains if d["events"] == 100000]
+    large = [rate(d) for d in drains if d["events"] == 1000000]
     if small and large:
         ratio = mean(large) / mean(small)
         raw[b]["drain"] = (
-            f"{fmt(mean(large))}/s vs {' and '.join(fmt(s) for s in small)}/s = {ratio:.2f}",
+            f"{fmt(mean(large))}/s vs {fmt(mean(small))}/s ({', '.join(fmt(s) for s in small)}) = {ratio:.2f}",
             ratio >= 0.8,
         )
     ingests = by[(b, "ingest")]
     empty = [i["run"]["throughput"] for i in ingests if i["inbox"] == "empty"]
     full = [i for i in ingests if i["inbox"] == "full"]
     if empty and full:
-        ratio = mean([f["run"]["throughput"] for f in full]) / mean(empty)
-        swept = sum(f["swept"] for f in full)
+        rates = [f["run"]["throughput"] for f in full]
+        ratio = mean(rates) / mean(empty)
+        swept = "/".join(f"{f['swept']:,}" for f in full)
         p99s = "/".join(f"{i['run']['p99_ms']:.1f}" for i in ingests)
         raw[b]["ingest"] = (
-            f"{fmt(mean([f['run']['throughput'] for f in full]))}/s vs "
-            f"{' and '.join(fmt(e) for e in empty)}/s = {ratio:.2f} ({swept:,} swept meanwhile; p99 {p99s} ms)",
+            f"{fmt(mean(rates))}/s ({', '.join(fmt(r) for r in rates)}) vs "
+            f"{fmt(mean(empty))}/s ({', '.join(fmt(e) for e in empty)}) = {ratio:.2f} "
+            f"({swept} swept meanwhile; p99 {p99s} ms)",
             ratio >= 0.8,
         )
     for d in by[(b, "deletion")]:

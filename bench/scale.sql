@@ -44,6 +44,43 @@ RETURNS void LANGUAGE sql AS $$
          ) AS s;
 $$;
 
+-- `count` users numbered from 0 (`directory_user_<prefix>_<n>`, n zero-padded), user n in
+-- `directories[n % cardinality + 1]`, stored in the synced tables as applying their
+-- bench.user_event would have (a drain of bench.fill_inbox(prefix, ...) leaves the same rows).
+CREATE FUNCTION bench.fill_users(prefix text, count bigint, directories text[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO workos.directory_users (
+        id, directory_id, organization_id, idp_id, email, first_name, last_name, name, username,
+        job_title, state, emails, role, roles, custom_attributes, raw_attributes, created_at,
+        updated_at, last_event_id, last_event)
+    SELECT 'directory_user_' || prefix || '_' || lpad(u::text, 8, '0'), d.directory,
+           'org_' || d.directory, u::text, 'user' || u || '@example.com', 'Marcelina', 'Davis',
+           NULL, 'user' || u || '@example.com', 'Software Engineer', 'active',
+           jsonb_build_array(jsonb_build_object('primary', true, 'type', 'work', 'value', 'user' || u || '@example.com')),
+           'member', ARRAY['member'], '{"department":"Engineering"}',
+           jsonb_build_object('department', 'Engineering', 'manager', '2190',
+                              'title', 'Senior Software Engineer, Platform',
+                              'cost_center', 'CC-1042 Platform Engineering',
+                              'location', 'Berlin, Germany', 'employee_number', lpad(u::text, 8, '0')),
+           '2021-06-25T19:07:33.155Z', '2021-06-25T19:07:33.155Z',
+           'event_' || prefix || '_' || lpad(u::text, 8, '0'), 'dsync.user.created'
+    FROM generate_series(0, count - 1) AS u,
+         LATERAL (SELECT directories[u % cardinality(directories) + 1] AS directory) AS d;
+$$;
+
+-- The inbox and users a month of traffic leaves: `count` finished rows (`prefix`, of 200
+-- directories) finished over the last 29 days, the users they applied, and `expired` of the rows
+-- moved to 31-40 days ago, past the default retention of 30 days.
+CREATE FUNCTION bench.fill_month(prefix text, count bigint, expired bigint)
+RETURNS void LANGUAGE sql AS $$
+    SELECT bench.fill_inbox(prefix, count, 200, now() - interval '29 days', now() - interval '1 minute');
+    SELECT bench.fill_users(prefix, count,
+                            ARRAY(SELECT 'directory_' || prefix || '_' || k FROM generate_series(0, 199) AS k));
+    UPDATE workos.inbox
+    SET finished_at = now() - interval '31 days' - random() * interval '9 days'
+    WHERE id IN (SELECT id FROM workos.inbox WHERE id LIKE 'event_' || prefix || '_%' LIMIT expired);
+$$;
+
 -- A directory `directory` with `users` users, `groups` groups and each user in
 -- `per_user` groups, stored in the synced tables as applying their events would have.
 CREATE FUNCTION bench.fill_directory(directory text, users int, groups int, per_user int)
@@ -53,22 +90,7 @@ BEGIN
                                     last_event_id, last_event)
     VALUES (directory, 'org_' || directory, 'Bench directory', 'generic scim v2.0', 'active',
             '2021-06-25T19:07:33.155Z', '2021-06-25T19:07:33.155Z', 'event_' || directory, 'dsync.activated');
-    INSERT INTO workos.directory_users (
-        id, directory_id, organization_id, idp_id, email, first_name, last_name, name, username,
-        job_title, state, emails, role, roles, custom_attributes, raw_attributes, created_at,
-        updated_at, last_event_id, last_event)
-    SELECT 'directory_user_' || directory || '_' || u, directory, 'org_' || directory, u::text,
-           'user' || u || '@example.com', 'Marcelina', 'Davis', NULL, 'user' || u || '@example.com',
-           'Software Engineer', 'active',
-           jsonb_build_array(jsonb_build_object('primary', true, 'type', 'work', 'value', 'user' || u || '@example.com')),
-           'member', ARRAY['member'], '{"department":"Engineering"}',
-           jsonb_build_object('department', 'Engineering', 'manager', '2190',
-                              'title', 'Senior Software Engineer, Platform',
-                              'cost_center', 'CC-1042 Platform Engineering',
-                              'location', 'Berlin, Germany', 'employee_number', lpad(u::text, 8, '0')),
-           '2021-06-25T19:07:33.155Z', '2021-06-25T19:07:33.155Z', 'event_u_' || directory || '_' || u,
-           'dsync.user.created'
-    FROM generate_series(0, users - 1) AS u;
+    PERFORM bench.fill_users(directory, users, ARRAY[directory]);
     INSERT INTO workos.directory_groups (id, directory_id, organization_id, idp_id, name,
                                          raw_attributes, created_at, updated_at, last_event_id, last_event)
     SELECT 'directory_group_' || directory || '_' || g, directory, 'org_' || directory, g::text,
@@ -78,7 +100,7 @@ BEGIN
     INSERT INTO workos.directory_group_memberships (group_id, user_id, directory_id, organization_id,
                                                     updated_at, last_event_id, last_event)
     SELECT 'directory_group_' || directory || '_' || ((u * per_user + k) % groups),
-           'directory_user_' || directory || '_' || u, directory, 'org_' || directory,
+           'directory_user_' || directory || '_' || lpad(u::text, 8, '0'), directory, 'org_' || directory,
            '2021-06-25T19:08:00.000Z', 'event_m_' || directory || '_' || u || '_' || k,
            'dsync.group.user_added'
     FROM generate_series(0, users - 1) AS u, generate_series(0, per_user - 1) AS k;
