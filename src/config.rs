@@ -324,7 +324,7 @@ pub struct WorkerConfig {
     pub shutdown_grace_ms: u64,
     /// `done` and `ignored` rows older than this are deleted; `dead` rows stay.
     pub retention_days: u32,
-    /// How often a worker deletes expired rows.
+    /// How often a worker deletes expired rows (and once at start).
     pub retention_interval_secs: u64,
 }
 

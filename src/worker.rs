@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -151,7 +151,10 @@ impl Worker {
 
     /// One claim loop. Several run side by side: each has a database connection of its own,
     /// so one loop claims and writes while the other's batch is in Postgres. The first one
-    /// also deletes expired rows.
+    /// also deletes expired rows, one [`Sweep`] batch before each of its claims while a sweep
+    /// is under way: a claim then waits for a thousand deletes at most, never for a whole sweep
+    /// (a day's expired rows, after the worker was down), and retention adds no connection and
+    /// no concurrent statement to what the claims already run.
     async fn drain(
         self,
         sweeps: bool,
@@ -163,11 +166,22 @@ impl Worker {
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         let retention_interval = Duration::from_secs(self.config.retention_interval_secs);
         let mut last_sweep: Option<Instant> = None;
+        let mut sweep: Option<Sweep> = None;
         while !shutdown.is_cancelled() {
-            if sweeps && last_sweep.is_none_or(|at| at.elapsed() >= retention_interval) {
+            if sweeps
+                && sweep.is_none()
+                && last_sweep.is_none_or(|at| at.elapsed() >= retention_interval)
+            {
                 last_sweep = Some(Instant::now());
-                if let Err(error) = self.sweep().await {
-                    tracing::warn!(error = %error, "deleting expired inbox rows failed");
+                sweep = Some(Sweep::new(self.config.retention_days));
+            }
+            if let Some(mut current) = sweep.take() {
+                match current.step(&self.pool).await {
+                    Ok(true) => sweep = Some(current),
+                    Ok(false) => current.report(self.config.retention_days),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "deleting expired inbox rows failed");
+                    }
                 }
             }
             if shutdown.is_cancelled() {
@@ -200,7 +214,8 @@ impl Worker {
                     true
                 }
             };
-            if idle {
+            // A sweep under way goes on at once, however idle the inbox.
+            if idle && sweep.is_none() {
                 tokio::select! {
                     () = notified => {}
                     () = tokio::time::sleep(poll) => {}
@@ -211,25 +226,12 @@ impl Worker {
     }
 
     /// Deletes `done` and `ignored` rows past `worker.retention_days`, a thousand at a time so
-    /// that no statement holds many locks. Returns how many were deleted.
+    /// that no statement holds many locks, all at once. Returns how many were deleted.
     pub async fn sweep(&self) -> Result<u64, sqlx::Error> {
-        const BATCH: i64 = 1000;
-        let before = Utc::now() - chrono::Duration::days(self.config.retention_days.into());
-        let mut deleted = 0;
-        loop {
-            let batch = inbox::purge_finished(&self.pool, before, BATCH).await?;
-            deleted += batch;
-            if batch < BATCH as u64 {
-                break;
-            }
-        }
-        if deleted > 0 {
-            tracing::info!(
-                deleted,
-                retention_days = self.config.retention_days,
-                "deleted expired inbox rows"
-            );
-        }
+        let mut sweep = Sweep::new(self.config.retention_days);
+        while sweep.step(&self.pool).await? {}
+        let deleted = sweep.deleted;
+        sweep.report(self.config.retention_days);
         Ok(deleted)
     }
 
@@ -371,6 +373,41 @@ impl Worker {
             tracing::warn!(event.id = %row.id, event.type = %row.event, attempts, error = %message, "event failed; will retry");
         }
         inbox::fail(conn, row, &message, retry_at).await
+    }
+}
+
+/// Retention's way through the expired rows (`done` and `ignored`, finished before
+/// `worker.retention_days` ago when it started), a thousand at a time, the oldest first.
+struct Sweep {
+    before: DateTime<Utc>,
+    deleted: u64,
+}
+
+impl Sweep {
+    const BATCH: i64 = 1000;
+
+    fn new(retention_days: u32) -> Self {
+        Sweep {
+            before: Utc::now() - chrono::Duration::days(retention_days.into()),
+            deleted: 0,
+        }
+    }
+
+    /// Deletes the next batch; whether a full one was deleted (and more may be left).
+    async fn step(&mut self, pool: &PgPool) -> Result<bool, sqlx::Error> {
+        let batch = inbox::purge_finished(pool, self.before, Self::BATCH).await?;
+        self.deleted += batch;
+        Ok(batch == Self::BATCH as u64)
+    }
+
+    fn report(self, retention_days: u32) {
+        if self.deleted > 0 {
+            tracing::info!(
+                deleted = self.deleted,
+                retention_days,
+                "deleted expired inbox rows"
+            );
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Starting the service for a test, signing deliveries, and reading the fixtures.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dsyncd::config::{Config, Secret};
 use dsyncd::{Role, Service};
@@ -172,4 +172,20 @@ pub async fn dsyncd(pool: &PgPool, args: &[&str], env: &[(&str, &str)]) -> (bool
         String::from_utf8(output.stdout).unwrap(),
         String::from_utf8(output.stderr).unwrap(),
     )
+}
+
+/// Polls `condition` every 50 ms until it holds (true) or `deadline` passes (false).
+pub async fn eventually<F, Fut>(deadline: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }

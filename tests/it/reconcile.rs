@@ -145,22 +145,6 @@ fn expected(fake: &FakeWorkos) -> Tables {
     }
 }
 
-/// Polls `condition` until it holds or `deadline` passes.
-async fn eventually<F, Fut>(deadline: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if condition().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 fn t(second: u32) -> String {
     format!("2026-03-01T00:00:{second:02}.000Z")
 }

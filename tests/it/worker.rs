@@ -406,6 +406,71 @@ async fn shutdown_stops_claiming_and_lets_the_batch_in_flight_finish(pool: PgPoo
 }
 
 #[sqlx::test]
+async fn a_claim_waits_for_one_batch_of_retention_deletes_at_most(pool: PgPool) {
+    // 2,500 expired rows: a sweep of three batches.
+    let expired: Vec<String> = (0..2500).map(|n| format!("expired_{n:04}")).collect();
+    let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
+    store(&pool, &ids, "dsync.user.created").await;
+    sqlx::query(
+        "UPDATE workos.inbox SET status = 'done', attempts = 1,
+             finished_at = now() - interval '40 days'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Postgres logs, in the order they ran, retention's deletes (one line a statement) and
+    // the rows finished.
+    for statement in [
+        "CREATE TABLE log (seq bigserial, what text NOT NULL)",
+        "CREATE FUNCTION log_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO log (what) VALUES ('delete'); RETURN NULL; END $$",
+        "CREATE TRIGGER log_deletes AFTER DELETE ON workos.inbox
+         FOR EACH STATEMENT EXECUTE FUNCTION log_deletes()",
+        "CREATE FUNCTION log_finishes() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO log (what) VALUES ('finish ' || NEW.id); RETURN NULL; END $$",
+        "CREATE TRIGGER log_finishes AFTER UPDATE ON workos.inbox FOR EACH ROW
+         WHEN (OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL)
+         EXECUTE FUNCTION log_finishes()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    store(&pool, &["e1"], "dsync.user.created").await;
+
+    // One claim loop, the one that sweeps.
+    let config = WorkerConfig {
+        concurrency: 1,
+        ..config()
+    };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(Worker::new(pool.clone(), config).run(shutdown.clone()));
+    let swept = eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT NOT EXISTS (SELECT FROM workos.inbox WHERE id LIKE 'expired%')
+                AND (SELECT status FROM workos.inbox WHERE id = 'e1') = 'ignored'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap();
+    assert!(
+        swept,
+        "the sweep deleted every expired row and e1 was claimed"
+    );
+    let log: Vec<String> = sqlx::query_scalar("SELECT what FROM log ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        log,
+        ["delete", "finish e1", "delete", "delete"],
+        "e1's claim came after the sweep's first thousand, the rest of the sweep after it"
+    );
+}
+
+#[sqlx::test]
 async fn retention_deletes_the_oldest_expired_rows_first(pool: PgPool) {
     // Stored in this order: the more recently finished expired rows lie first in the table.
     let numbered =
