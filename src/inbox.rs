@@ -503,15 +503,17 @@ pub async fn purge_finished(
     let result = sqlx::query!(
         r#"
         DELETE FROM workos.inbox
-        WHERE id IN (
-            SELECT id FROM workos.inbox
+        -- By the rows' addresses, which stay put while the rows are locked: a lookup by id
+        -- walked the primary key for every row, a quarter of the sweep's time.
+        WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM workos.inbox
             WHERE status IN ('done', 'ignored') AND finished_at < $1
             -- Along the finished rows' index: without an order, the generic plan of this
             -- prepared statement scanned the whole table (seconds on a million rows).
             ORDER BY finished_at
             LIMIT $2
             FOR UPDATE SKIP LOCKED
-        )
+        ))
         "#,
         before,
         limit,
