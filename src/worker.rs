@@ -226,7 +226,8 @@ impl Worker {
     }
 
     /// Deletes `done` and `ignored` rows past `worker.retention_days`, a thousand at a time so
-    /// that no statement holds many locks, all at once. Returns how many were deleted.
+    /// that no statement holds many locks, one batch after another (the claim loop instead
+    /// takes one between claims). Returns how many were deleted.
     pub async fn sweep(&self) -> Result<u64, sqlx::Error> {
         let mut sweep = Sweep::new(self.config.retention_days);
         while sweep.step(&self.pool).await? {}
