@@ -99,4 +99,15 @@ pub trait EventHandler: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Does one bounded step of work that applying events left for later, inside a
+    /// transaction of its own that the worker begins and commits, and returns whether it found
+    /// any (then there may be more). The worker's first claim loop calls it before each claim
+    /// while it finds work, and at least once a polling interval otherwise. The built-in
+    /// handler deletes a large directory's rows this way, a few thousand at a time; the
+    /// default has nothing to do.
+    async fn step(&self, conn: &mut PgConnection) -> Result<bool, HandlerError> {
+        let _ = conn;
+        Ok(false)
+    }
 }

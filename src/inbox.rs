@@ -169,9 +169,9 @@ pub enum ClaimOrder {
 ///
 /// `lease` bounds how long the transaction may then sit idle (a handler stuck outside the
 /// database) before Postgres ends the session, which releases the rows to other workers, and
-/// how long each of its statements may run: a batch's writes (the cascade of a directory of
-/// 100,000 users among them) may take longer than the `database.timeout_ms` that bounds the
-/// receiver's, and would otherwise fail on every attempt (BENCHMARKS.md, "Scale").
+/// how long each of its statements may run: a batch's writes (the cascade of a user or a group
+/// over all its memberships among them) may take longer than the `database.timeout_ms` that
+/// bounds the receiver's, and would otherwise fail on every attempt (BENCHMARKS.md, "Scale").
 pub async fn claim(
     conn: &mut PgConnection,
     limit: i64,

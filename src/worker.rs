@@ -108,6 +108,10 @@ impl Worker {
         loop {
             let report = self.run_once().await?;
             if report.claimed == 0 {
+                // Then the work the batches left for later (a large directory's deletion).
+                if self.step_handlers().await {
+                    continue;
+                }
                 return Ok(total);
             }
             total.claimed += report.claimed;
@@ -154,7 +158,9 @@ impl Worker {
     /// also deletes expired rows, one [`Sweep`] batch before each of its claims while a sweep
     /// is under way: a claim then waits for a thousand deletes at most, never for a whole sweep
     /// (a day's expired rows, after the worker was down), and retention adds no connection and
-    /// no concurrent statement to what the claims already run.
+    /// no concurrent statement to what the claims already run. It runs the handlers' steps
+    /// ([`EventHandler::step`]) the same way: one before each claim while they find work, and
+    /// a look once a polling interval otherwise.
     async fn drain(
         self,
         sweeps: bool,
@@ -167,6 +173,9 @@ impl Worker {
         let retention_interval = Duration::from_secs(self.config.retention_interval_secs);
         let mut last_sweep: Option<Instant> = None;
         let mut sweep: Option<Sweep> = None;
+        // Whether the handlers' steps found work last time, and when they last looked.
+        let mut stepping = false;
+        let mut last_step: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             if sweeps
                 && sweep.is_none()
@@ -183,6 +192,10 @@ impl Worker {
                         tracing::warn!(error = %error, "deleting expired inbox rows failed");
                     }
                 }
+            }
+            if sweeps && (stepping || last_step.is_none_or(|at| at.elapsed() >= poll)) {
+                last_step = Some(Instant::now());
+                stepping = self.step_handlers().await;
             }
             if shutdown.is_cancelled() {
                 break;
@@ -214,8 +227,8 @@ impl Worker {
                     true
                 }
             };
-            // A sweep under way goes on at once, however idle the inbox.
-            if idle && sweep.is_none() {
+            // A sweep or steps under way go on at once, however idle the inbox.
+            if idle && sweep.is_none() && !stepping {
                 tokio::select! {
                     () = notified => {}
                     () = tokio::time::sleep(poll) => {}
@@ -223,6 +236,28 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Runs one [`EventHandler::step`] of each handler, each in a transaction of its own, and
+    /// returns whether any found work. A failed step is logged and rolled back; the next look
+    /// tries again.
+    async fn step_handlers(&self) -> bool {
+        let mut found = false;
+        for handler in &self.handlers {
+            let stepped = async {
+                let mut tx = self.pool.begin().await?;
+                let more = handler.step(&mut tx).await?;
+                tx.commit().await?;
+                Ok::<bool, HandlerError>(more)
+            };
+            match stepped.await {
+                Ok(more) => found |= more,
+                Err(error) => {
+                    tracing::warn!(handler = handler.name(), error = %error, "a handler's step failed");
+                }
+            }
+        }
+        found
     }
 
     /// Deletes `done` and `ignored` rows past `worker.retention_days`, a thousand at a time so

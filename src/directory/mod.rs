@@ -71,6 +71,23 @@ impl EventHandler for DirectoryHandler {
         self.handle_batch(conn, &[event]).await
     }
 
+    /// One step of the oldest directory deletion under way that no other worker is stepping
+    /// (`workos.directory_deletions`): up to [`DELETION_STEP_ROWS`] rows of one table.
+    async fn step(&self, conn: &mut PgConnection) -> Result<bool, HandlerError> {
+        let Some(mut deletion) = store::locked_deletion(conn, None).await? else {
+            return Ok(false);
+        };
+        let step =
+            store::deletion_step(conn, CHANGES_CHANNEL, &mut deletion, DELETION_STEP_ROWS).await?;
+        tracing::debug!(
+            directory.id = %deletion.directory_id,
+            directory.changed_rows = step.changed,
+            directory.deleted = step.done,
+            "deletion step"
+        );
+        Ok(true)
+    }
+
     async fn handle_batch(
         &self,
         conn: &mut PgConnection,
@@ -137,8 +154,41 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<u64, sqlx::Error>
     // of them can delete a whole directory, and its rows never come back here.
     let payloads = notification_payloads(changes);
     store::notify(conn, CHANGES_CHANNEL, &payloads).await?;
-    let cascaded = store::cascade(conn, CHANGES_CHANNEL, &tombstones).await?;
+    let mut cascaded = store::cascade(conn, CHANGES_CHANNEL, &tombstones).await?;
+    // A deleted directory's users, groups and memberships: here as long as each table takes
+    // less than one step, the rest in steps of their own ([`DirectoryHandler::step`]).
+    store::start_deletions(conn, &tombstones.directories).await?;
+    for tombstone in &tombstones.directories {
+        cascaded += delete_directory_in_batch(conn, &tombstone.id).await?;
+    }
     Ok(payloads.len() as u64 + cascaded)
+}
+
+/// The rows a deletion step walks at most in each table: a step of a directory's deletion is
+/// a transaction of its own, and this bounds how long it holds its rows and how many change
+/// notifications its commit queues (every notifying commit waits for that queueing).
+const DELETION_STEP_ROWS: i64 = 5000;
+
+/// Steps through the deletion of `directory_id` inside the batch until a step walks a whole
+/// [`DELETION_STEP_ROWS`] of one table (the rest is left to later steps) or the deletion is
+/// done; returns how many rows changed.
+async fn delete_directory_in_batch(
+    conn: &mut PgConnection,
+    directory_id: &str,
+) -> Result<u64, sqlx::Error> {
+    let Some(mut deletion) = store::locked_deletion(conn, Some(directory_id)).await? else {
+        return Ok(0);
+    };
+    let mut changed = 0;
+    loop {
+        let phase = deletion.phase;
+        let step =
+            store::deletion_step(conn, CHANGES_CHANNEL, &mut deletion, DELETION_STEP_ROWS).await?;
+        changed += step.changed;
+        if step.done || deletion.phase == phase {
+            return Ok(changed);
+        }
+    }
 }
 
 /// One payload per changed row, saying how the row ended up after the batch's last change.

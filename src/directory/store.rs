@@ -533,7 +533,7 @@ pub(crate) async fn upsert_tombstones(
 /// Applies the batch's new tombstones to the rows they cover and returns how many rows changed
 /// (a row two tombstones change counts twice):
 /// - a deleted directory's own row, whatever snapshot it holds (a deleted directory is
-///   terminal), and every user, group and membership of it;
+///   terminal); every user, group and membership of it is the work of [`deletion_step`];
 /// - a deleted user or group whose row holds its deletion (not a newer snapshot);
 /// - the memberships of a deleted user or group decided at or before its reach.
 ///
@@ -596,21 +596,9 @@ pub(crate) async fn cascade(
     );
     changed += cascade!(
         "directory_users",
-        "r.directory_id = t.key",
-        "workos.deletion_notice('directory_users', r.directory_id, r.id)",
-        directories
-    );
-    changed += cascade!(
-        "directory_users",
         "r.id = t.key AND r.last_event = 'dsync.user.deleted'",
         "workos.deletion_notice('directory_users', r.directory_id, r.id)",
         users
-    );
-    changed += cascade!(
-        "directory_groups",
-        "r.directory_id = t.key",
-        "workos.deletion_notice('directory_groups', r.directory_id, r.id)",
-        directories
     );
     changed += cascade!(
         "directory_groups",
@@ -630,13 +618,380 @@ pub(crate) async fn cascade(
         "workos.membership_deletion_notice(r.directory_id, r.group_id, r.user_id)",
         groups
     );
-    changed += cascade!(
-        "directory_group_memberships",
-        "r.directory_id = t.key",
-        "workos.membership_deletion_notice(r.directory_id, r.group_id, r.user_id)",
-        directories
-    );
     Ok(changed)
+}
+
+/// The table a directory deletion's next step walks (`workos.directory_deletions.phase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Users,
+    Groups,
+    Memberships,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Users => "users",
+            Phase::Groups => "groups",
+            Phase::Memberships => "memberships",
+        }
+    }
+
+    fn from_name(name: &str) -> Phase {
+        match name {
+            "groups" => Phase::Groups,
+            "memberships" => Phase::Memberships,
+            _ => Phase::Users,
+        }
+    }
+}
+
+/// A directory's deletion under way (`workos.directory_deletions`): its rows are moved to
+/// `deleted_at` a step at a time, each table in the order of its directory index, from just
+/// after the last row walked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirectoryDeletion {
+    pub(crate) directory_id: String,
+    pub(crate) deleted_at: DateTime<Utc>,
+    pub(crate) phase: Phase,
+    /// The last row walked in `phase`: users `(COALESCE(created_at, 'epoch'), id)`, groups
+    /// `id`, memberships `(group_id, user_id)`; `None` before the first.
+    after: Option<(Option<DateTime<Utc>>, String, Option<String>)>,
+}
+
+/// What a deletion step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Step {
+    /// Rows it deleted (or moved to an earlier deletion time).
+    pub(crate) changed: u64,
+    /// Whether every row of the directory is now deleted.
+    pub(crate) done: bool,
+}
+
+/// Records the deletions under way for directory tombstones that are new or moved earlier,
+/// from the start of the walk (an earlier time must reach the rows walked already).
+pub(crate) async fn start_deletions(
+    conn: &mut PgConnection,
+    directories: &[Tombstone],
+) -> Result<(), sqlx::Error> {
+    if directories.is_empty() {
+        return Ok(());
+    }
+    let (ids, times, _) = columns(directories);
+    sqlx::query!(
+        r#"
+        INSERT INTO workos.directory_deletions AS d (directory_id, deleted_at)
+        SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
+        ON CONFLICT (directory_id) DO UPDATE SET
+            deleted_at = EXCLUDED.deleted_at, phase = 'users', after_at = NULL,
+            after_id = NULL, after_user_id = NULL, started_at = now()
+        "#,
+        &ids as &[&str],
+        &times,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The oldest deletion under way (of `directory_id` only, if given) that no other transaction
+/// holds, locked until this one ends. A batch finds the one it recorded itself.
+pub(crate) async fn locked_deletion(
+    conn: &mut PgConnection,
+    directory_id: Option<&str>,
+) -> Result<Option<DirectoryDeletion>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT directory_id, deleted_at, phase, after_at, after_id, after_user_id
+        FROM workos.directory_deletions
+        WHERE $1::text IS NULL OR directory_id = $1
+        ORDER BY started_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+        "#,
+        directory_id,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| DirectoryDeletion {
+        directory_id: row.directory_id,
+        deleted_at: row.deleted_at,
+        phase: Phase::from_name(&row.phase),
+        after: row.after_id.map(|id| (row.after_at, id, row.after_user_id)),
+    }))
+}
+
+/// Walks the next `limit` rows of the deletion's table, moves those that are live or deleted
+/// later to its time (each announced on `channel`, from Postgres as the cascades do), and
+/// records how far it got: the next table once this one is walked to its end, and the end of
+/// the deletion after the memberships.
+///
+/// A step is two statements on the table's directory index: the key of the `limit`-th row
+/// after the last one walked, then one update of the range up to it (to the end of the
+/// directory when fewer rows are left). Joining the walked rows back to the table instead let
+/// the planner hash the whole table on every step. Sequential scans are off meanwhile: the
+/// planner rates a range of keys as a third of the rows, and read all of a large directory's
+/// memberships on every step (BENCHMARKS.md, "Scale").
+pub(crate) async fn deletion_step(
+    conn: &mut PgConnection,
+    channel: &str,
+    deletion: &mut DirectoryDeletion,
+    limit: i64,
+) -> Result<Step, sqlx::Error> {
+    let was = sqlx::query!(
+        r#"SELECT current_setting('enable_seqscan') AS "was!",
+                  set_config('enable_seqscan', 'off', true) AS "off!""#
+    )
+    .fetch_one(&mut *conn)
+    .await?
+    .was;
+    let step = walk(conn, channel, deletion, limit).await?;
+    sqlx::query!("SELECT set_config('enable_seqscan', $1, true)", was)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(step)
+}
+
+async fn walk(
+    conn: &mut PgConnection,
+    channel: &str,
+    deletion: &mut DirectoryDeletion,
+    limit: i64,
+) -> Result<Step, sqlx::Error> {
+    let directory_id = deletion.directory_id.as_str();
+    let at = deletion.deleted_at;
+    // Before the first row, the walk starts after `-infinity` and the empty id: ids are never
+    // empty.
+    let (after_at, after_id, after_user_id) = match &deletion.after {
+        Some((after_at, id, user_id)) => {
+            (*after_at, id.clone(), user_id.clone().unwrap_or_default())
+        }
+        None => (None, String::new(), String::new()),
+    };
+    let (changed, last) = match deletion.phase {
+        Phase::Users => {
+            let bound = sqlx::query!(
+                r#"
+                SELECT COALESCE(created_at, 'epoch'::timestamptz) AS "at!", id
+                FROM workos.directory_users
+                WHERE directory_id = $1
+                  AND (COALESCE(created_at, 'epoch'::timestamptz), id COLLATE "C")
+                      > (COALESCE($2::timestamptz, '-infinity'), $3::text)
+                ORDER BY COALESCE(created_at, 'epoch'::timestamptz), id COLLATE "C"
+                OFFSET $4 LIMIT 1
+                "#,
+                directory_id,
+                after_at as Option<DateTime<Utc>>,
+                after_id,
+                limit - 1,
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            let changed = match &bound {
+                Some(bound) => {
+                    sqlx::query_scalar!(
+                        r#"
+                    WITH changed AS (
+                        UPDATE workos.directory_users AS r SET deleted_at = $2, synced_at = now()
+                        WHERE r.directory_id = $1
+                          AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
+                              > (COALESCE($3::timestamptz, '-infinity'), $4::text)
+                          AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
+                              <= ($5::timestamptz, $6::text)
+                          AND (r.deleted_at IS NULL OR r.deleted_at > $2)
+                        RETURNING pg_notify($7,
+                            workos.deletion_notice('directory_users', r.directory_id, r.id))
+                    )
+                    SELECT count(*) AS "changed!" FROM changed
+                    "#,
+                        directory_id,
+                        at,
+                        after_at as Option<DateTime<Utc>>,
+                        after_id,
+                        bound.at,
+                        bound.id,
+                        channel,
+                    )
+                    .fetch_one(&mut *conn)
+                    .await?
+                }
+                None => {
+                    sqlx::query_scalar!(
+                        r#"
+                    WITH changed AS (
+                        UPDATE workos.directory_users AS r SET deleted_at = $2, synced_at = now()
+                        WHERE r.directory_id = $1
+                          AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
+                              > (COALESCE($3::timestamptz, '-infinity'), $4::text)
+                          AND (r.deleted_at IS NULL OR r.deleted_at > $2)
+                        RETURNING pg_notify($5,
+                            workos.deletion_notice('directory_users', r.directory_id, r.id))
+                    )
+                    SELECT count(*) AS "changed!" FROM changed
+                    "#,
+                        directory_id,
+                        at,
+                        after_at as Option<DateTime<Utc>>,
+                        after_id,
+                        channel,
+                    )
+                    .fetch_one(&mut *conn)
+                    .await?
+                }
+            };
+            (changed, bound.map(|bound| (Some(bound.at), bound.id, None)))
+        }
+        Phase::Groups => {
+            let bound = sqlx::query_scalar!(
+                r#"
+                SELECT id FROM workos.directory_groups
+                WHERE directory_id = $1 AND id COLLATE "C" > $2::text
+                ORDER BY id COLLATE "C"
+                OFFSET $3 LIMIT 1
+                "#,
+                directory_id,
+                after_id,
+                limit - 1,
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            let changed = sqlx::query_scalar!(
+                r#"
+                WITH changed AS (
+                    UPDATE workos.directory_groups AS r SET deleted_at = $2, synced_at = now()
+                    WHERE r.directory_id = $1 AND r.id COLLATE "C" > $3::text
+                      AND ($4::text IS NULL OR r.id COLLATE "C" <= $4::text)
+                      AND (r.deleted_at IS NULL OR r.deleted_at > $2)
+                    RETURNING pg_notify($5,
+                        workos.deletion_notice('directory_groups', r.directory_id, r.id))
+                )
+                SELECT count(*) AS "changed!" FROM changed
+                "#,
+                directory_id,
+                at,
+                after_id,
+                bound.as_deref(),
+                channel,
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            (changed, bound.map(|id| (None, id, None)))
+        }
+        Phase::Memberships => {
+            let bound = sqlx::query!(
+                r#"
+                SELECT group_id, user_id FROM workos.directory_group_memberships
+                WHERE directory_id = $1
+                  AND (group_id COLLATE "C", user_id COLLATE "C") > ($2::text, $3::text)
+                ORDER BY group_id COLLATE "C", user_id COLLATE "C"
+                OFFSET $4 LIMIT 1
+                "#,
+                directory_id,
+                after_id,
+                after_user_id,
+                limit - 1,
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            let changed = match &bound {
+                Some(bound) => sqlx::query_scalar!(
+                    r#"
+                    WITH changed AS (
+                        UPDATE workos.directory_group_memberships AS r
+                        SET deleted_at = $2, synced_at = now()
+                        WHERE r.directory_id = $1
+                          AND (r.group_id COLLATE "C", r.user_id COLLATE "C") > ($3::text, $4::text)
+                          AND (r.group_id COLLATE "C", r.user_id COLLATE "C") <= ($5::text, $6::text)
+                          AND (r.deleted_at IS NULL OR r.deleted_at > $2)
+                        RETURNING pg_notify($7, workos.membership_deletion_notice(
+                            r.directory_id, r.group_id, r.user_id))
+                    )
+                    SELECT count(*) AS "changed!" FROM changed
+                    "#,
+                    directory_id,
+                    at,
+                    after_id,
+                    after_user_id,
+                    bound.group_id,
+                    bound.user_id,
+                    channel,
+                )
+                .fetch_one(&mut *conn)
+                .await?,
+                None => sqlx::query_scalar!(
+                    r#"
+                    WITH changed AS (
+                        UPDATE workos.directory_group_memberships AS r
+                        SET deleted_at = $2, synced_at = now()
+                        WHERE r.directory_id = $1
+                          AND (r.group_id COLLATE "C", r.user_id COLLATE "C") > ($3::text, $4::text)
+                          AND (r.deleted_at IS NULL OR r.deleted_at > $2)
+                        RETURNING pg_notify($5, workos.membership_deletion_notice(
+                            r.directory_id, r.group_id, r.user_id))
+                    )
+                    SELECT count(*) AS "changed!" FROM changed
+                    "#,
+                    directory_id,
+                    at,
+                    after_id,
+                    after_user_id,
+                    channel,
+                )
+                .fetch_one(&mut *conn)
+                .await?,
+            };
+            (
+                changed,
+                bound.map(|bound| (None, bound.group_id, Some(bound.user_id))),
+            )
+        }
+    };
+    let changed = changed as u64;
+    if last.is_some() {
+        deletion.after = last;
+    } else {
+        // The table is walked to its end.
+        deletion.after = None;
+        match deletion.phase {
+            Phase::Users => deletion.phase = Phase::Groups,
+            Phase::Groups => deletion.phase = Phase::Memberships,
+            Phase::Memberships => {
+                sqlx::query!(
+                    "DELETE FROM workos.directory_deletions WHERE directory_id = $1",
+                    directory_id,
+                )
+                .execute(&mut *conn)
+                .await?;
+                return Ok(Step {
+                    changed,
+                    done: true,
+                });
+            }
+        }
+    }
+    let (after_at, after_id, after_user_id) = match &deletion.after {
+        Some((after_at, id, user_id)) => (*after_at, Some(id.as_str()), user_id.as_deref()),
+        None => (None, None, None),
+    };
+    sqlx::query!(
+        r#"
+        UPDATE workos.directory_deletions
+        SET phase = $2, after_at = $3, after_id = $4, after_user_id = $5
+        WHERE directory_id = $1
+        "#,
+        directory_id,
+        deletion.phase.name(),
+        after_at,
+        after_id,
+        after_user_id,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(Step {
+        changed,
+        done: false,
+    })
 }
 
 /// Sends each payload on `channel`, delivered when the transaction commits.

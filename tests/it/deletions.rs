@@ -548,6 +548,322 @@ async fn a_directory_deletion_rewrites_its_users_and_memberships_without_touchin
     Ok(())
 }
 
+// ---- A large directory's deletion, in steps ----
+
+/// Users in the directory of the samples: more than one deletion step (5,000 rows) and not a
+/// multiple of it, each a member of two of `LARGE_GROUPS` groups.
+const LARGE_USERS: i64 = 12_345;
+const LARGE_GROUPS: i64 = 50;
+
+/// Fills the directory of the samples with `LARGE_USERS` users and their memberships, written
+/// straight into the tables as the rules would have left them, plus `user_late`, deleted after
+/// the directory will be, and `user_early`, deleted before it.
+async fn fill_a_large_directory(pool: &PgPool) -> anyhow::Result<()> {
+    apply(pool, &[seed("dsync.activated").event()]).await?;
+    sqlx::query(
+        "INSERT INTO workos.directory_users (id, directory_id, email, created_at, updated_at,
+                                             last_event_id, last_event)
+         SELECT 'user_' || lpad(n::text, 5, '0'), $1, 'user' || n || '@example.com',
+                -- some without created_at, which walk as created at the epoch
+                CASE WHEN n % 7 = 0 THEN NULL ELSE '2021-06-25T00:00:00Z'::timestamptz
+                     + n * interval '1 second' END,
+                '2021-06-26T00:00:00Z', 'event_user_' || n, 'dsync.user.created'
+         FROM generate_series(1, $2) AS n;
+         ",
+    )
+    .bind(DIRECTORY)
+    .bind(LARGE_USERS)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO workos.directory_groups (id, directory_id, name, updated_at, last_event_id,
+                                              last_event)
+         SELECT 'group_' || g, $1, 'Group ' || g, '2021-06-26T00:00:00Z', 'event_group_' || g,
+                'dsync.group.created'
+         FROM generate_series(0, $2 - 1) AS g",
+    )
+    .bind(DIRECTORY)
+    .bind(LARGE_GROUPS)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO workos.directory_group_memberships (group_id, user_id, directory_id,
+                                                         updated_at, last_event_id, last_event)
+         SELECT 'group_' || ((n * 2 + k) % $3), 'user_' || lpad(n::text, 5, '0'), $1,
+                '2021-06-27T00:00:00Z', 'event_added_' || n || '_' || k, 'dsync.group.user_added'
+         FROM generate_series(1, $2) AS n, generate_series(0, 1) AS k",
+    )
+    .bind(DIRECTORY)
+    .bind(LARGE_USERS)
+    .bind(LARGE_GROUPS)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "UPDATE workos.directory_users SET deleted_at = CASE id
+             WHEN 'user_00002' THEN '2021-08-01T00:00:00Z'::timestamptz
+             ELSE '2021-06-30T00:00:00Z'::timestamptz END
+         WHERE id IN ('user_00002', 'user_00003')",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Rows of the directory of the samples per table and deletion time (`live` for none).
+async fn deletion_census(pool: &PgPool) -> anyhow::Result<Vec<(String, String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT t, coalesce(to_char(deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), 'live'),
+                count(*)
+         FROM (SELECT 'users' AS t, deleted_at FROM workos.directory_users WHERE directory_id = $1
+               UNION ALL
+               SELECT 'groups', deleted_at FROM workos.directory_groups WHERE directory_id = $1
+               UNION ALL
+               SELECT 'memberships', deleted_at FROM workos.directory_group_memberships
+               WHERE directory_id = $1) AS rows
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(DIRECTORY)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The census of the large directory once deleted at `at`: every group and membership, `users`
+/// users, and `early_users` still at the earlier deletion of 2021-06-30.
+fn all_deleted_at(at: &str, users: i64, early_users: i64) -> Vec<(String, String, i64)> {
+    let mut census = vec![
+        ("groups".to_owned(), at.to_owned(), LARGE_GROUPS),
+        ("memberships".to_owned(), at.to_owned(), LARGE_USERS * 2),
+    ];
+    if early_users > 0 {
+        census.push((
+            "users".to_owned(),
+            "2021-06-30 00:00".to_owned(),
+            early_users,
+        ));
+    }
+    census.push(("users".to_owned(), at.to_owned(), users));
+    census
+}
+
+/// How many directory deletions are under way.
+async fn deletions_under_way(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM workos.directory_deletions")
+        .fetch_one(pool)
+        .await
+}
+
+/// Rows this transaction wrote so far, per synced table (the row versions it created; the
+/// statistics views also count a connection's earlier transactions until they are flushed).
+async fn updated_in(tx: &mut sqlx::PgConnection) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "WITH me AS (SELECT pg_current_xact_id_if_assigned()::text::xid AS xid)
+         SELECT t, n FROM (
+             SELECT 'directory_group_memberships' AS t,
+                    (SELECT count(*) FROM workos.directory_group_memberships, me WHERE xmin = me.xid) AS n
+             UNION ALL
+             SELECT 'directory_groups', (SELECT count(*) FROM workos.directory_groups, me WHERE xmin = me.xid)
+             UNION ALL
+             SELECT 'directory_users', (SELECT count(*) FROM workos.directory_users, me WHERE xmin = me.xid)
+         ) AS counts WHERE n > 0 ORDER BY t",
+    )
+    .fetch_all(tx)
+    .await?;
+    Ok(rows)
+}
+
+/// Runs the handler's steps, each in a transaction of its own as the worker does, until it
+/// finds no work; returns the rows each step's transaction updated.
+async fn step_until_done(pool: &PgPool) -> anyhow::Result<Vec<Vec<(String, i64)>>> {
+    let mut steps = Vec::new();
+    loop {
+        let mut tx = pool.begin().await?;
+        let found = dsyncd::directory::DirectoryHandler::new()
+            .step(&mut tx)
+            .await?;
+        let updated = updated_in(&mut tx).await?;
+        tx.commit().await?;
+        if !found {
+            assert!(
+                updated.is_empty(),
+                "a step that found nothing updated {updated:?}"
+            );
+            return Ok(steps);
+        }
+        steps.push(updated);
+        assert!(steps.len() < 100, "the deletion does not end: {steps:?}");
+    }
+}
+
+#[sqlx::test]
+async fn a_large_directory_is_deleted_in_steps_of_bounded_transactions(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    fill_a_large_directory(&pool).await?;
+
+    // The batch deletes the directory's own row, and of its users at most one step's worth.
+    let mut tx = pool.begin().await?;
+    let deleted = recorded(seed("dsync.deleted"), Some(DELETED)).event();
+    dsyncd::directory::DirectoryHandler::new()
+        .handle_batch(&mut tx, &[&deleted])
+        .await?;
+    let in_batch = updated_in(&mut tx).await?;
+    tx.commit().await?;
+    assert!(
+        matches!(&in_batch[..], [(table, n)] if table == "directory_users" && *n <= 5000),
+        "the batch's own writes to the directory's rows: {in_batch:?}"
+    );
+    let tables = tables(&pool).await?;
+    assert!(tables["directories"][0]["deleted_at"].is_string());
+    let pending: Vec<(String, String)> =
+        sqlx::query_as("SELECT directory_id, phase FROM workos.directory_deletions")
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(pending, [(DIRECTORY.to_owned(), "users".to_owned())]);
+
+    // A user event for the directory while its deletion is under way is written deleted.
+    apply(
+        &pool,
+        &[Body::example("dsync.user.created")
+            .id("event_created_during")
+            .set("/data/id", "user_during")
+            .set("/data/directory_id", DIRECTORY)
+            .event()],
+    )
+    .await?;
+
+    // A step that fails (rolled back here) leaves the walk where it was.
+    let mut tx = pool.begin().await?;
+    assert!(
+        dsyncd::directory::DirectoryHandler::new()
+            .step(&mut tx)
+            .await?
+    );
+    tx.rollback().await?;
+
+    let steps = step_until_done(&pool).await?;
+    for step in &steps {
+        assert_eq!(step.len(), 1, "one table a step: {steps:?}");
+        assert!(
+            step[0].1 <= 5000,
+            "a step wrote more than 5,000 rows: {steps:?}"
+        );
+    }
+    // Every row once, in the batch or a step: the users but the one deleted before the
+    // directory and the one written deleted meanwhile, every group and membership.
+    let mut total = std::collections::BTreeMap::new();
+    for (table, n) in in_batch.iter().chain(steps.iter().flatten()) {
+        *total.entry(table.as_str()).or_insert(0) += n;
+    }
+    assert_eq!(
+        total.into_iter().collect::<Vec<_>>(),
+        [
+            ("directory_group_memberships", LARGE_USERS * 2),
+            ("directory_groups", LARGE_GROUPS),
+            ("directory_users", LARGE_USERS - 1),
+        ]
+    );
+    // Users in three walks of 5,000 at most (12,346 rows with the one created meanwhile), and
+    // memberships in five; groups in one.
+    assert_eq!(steps.len(), 2 + 1 + 5, "{steps:?}");
+    // Everything at the directory's deletion time, except the user deleted before it; the
+    // one deleted after it moved to it.
+    // (The user created during the deletion makes up for the one deleted before it.)
+    assert_eq!(
+        deletion_census(&pool).await?,
+        all_deleted_at("2021-07-01 12:00", LARGE_USERS, 1)
+    );
+    assert_eq!(deletions_under_way(&pool).await?, 0);
+    Ok(())
+}
+
+#[sqlx::test]
+async fn an_earlier_deletion_of_a_directory_being_deleted_walks_it_again_from_the_start(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    fill_a_large_directory(&pool).await?;
+    apply(
+        &pool,
+        &[recorded(seed("dsync.deleted"), Some(DELETED)).event()],
+    )
+    .await?;
+    // Two steps: the walk is in the users' second half.
+    for _ in 0..2 {
+        let mut tx = pool.begin().await?;
+        dsyncd::directory::DirectoryHandler::new()
+            .step(&mut tx)
+            .await?;
+        tx.commit().await?;
+    }
+    // Another delivery of the deletion, dated earlier: every row moves to its time.
+    const EARLIER: &str = "2021-06-29T08:00:00.000Z";
+    apply(
+        &pool,
+        &[recorded(seed("dsync.deleted"), Some(EARLIER))
+            .id("event_deleted_earlier")
+            .event()],
+    )
+    .await?;
+    step_until_done(&pool).await?;
+    assert_eq!(
+        deletion_census(&pool).await?,
+        all_deleted_at("2021-06-29 08:00", LARGE_USERS, 0)
+    );
+    Ok(())
+}
+
+#[sqlx::test]
+async fn the_worker_finishes_a_large_directorys_deletion_by_itself(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    fill_a_large_directory(&pool).await?;
+    let deleted = recorded(seed("dsync.deleted"), Some(DELETED));
+    let delivery = dsyncd::inbox::NewDelivery {
+        id: "event_deleted".to_owned(),
+        event: "dsync.deleted".to_owned(),
+        payload: deleted.0.to_string(),
+        ..dsyncd::inbox::NewDelivery::default()
+    };
+    dsyncd::inbox::insert(&pool, &[&delivery]).await?;
+    // The running loop, which then has nothing to claim: it goes on stepping regardless.
+    let worker = dsyncd::worker::Worker::new(pool.clone(), dsyncd::config::WorkerConfig::default())
+        .with_handler(dsyncd::directory::DirectoryHandler::new());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let all_deleted = crate::helpers::eventually(std::time::Duration::from_secs(30), || async {
+        let census = deletion_census(&pool).await.unwrap();
+        census.iter().all(|(_, at, _)| at != "live")
+    })
+    .await;
+    shutdown.cancel();
+    running.await?;
+    assert!(
+        all_deleted,
+        "rows left live: {:?}",
+        deletion_census(&pool).await?
+    );
+    assert_eq!(deletions_under_way(&pool).await?, 0);
+    Ok(())
+}
+
+#[sqlx::test]
+async fn run_until_empty_also_finishes_the_deletions_under_way(pool: PgPool) -> anyhow::Result<()> {
+    fill_a_large_directory(&pool).await?;
+    apply(
+        &pool,
+        &[recorded(seed("dsync.deleted"), Some(DELETED)).event()],
+    )
+    .await?;
+    let worker = dsyncd::worker::Worker::new(pool.clone(), dsyncd::config::WorkerConfig::default())
+        .with_handler(dsyncd::directory::DirectoryHandler::new());
+    worker.run_until_empty().await?;
+    let census = deletion_census(&pool).await?;
+    assert!(
+        census.iter().all(|(_, at, _)| at != "live"),
+        "rows left live: {census:?}"
+    );
+    Ok(())
+}
+
 // ---- The repair of databases written by the old rules ----
 
 /// The migrations before the repair (0005).
