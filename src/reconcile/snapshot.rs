@@ -134,6 +134,8 @@ pub async fn run(
         started_at,
         event_id: format!("dsyncd_snapshot_{}", started_at.timestamp_millis()),
         drift: Drift::default(),
+        staged: 0,
+        staged_since_analyze: 0,
     };
     let outcome = run.everything().await;
     let drift = run.drift;
@@ -166,6 +168,10 @@ struct Run<'a> {
     started_at: DateTime<Utc>,
     event_id: String,
     drift: Drift,
+    /// Rows staged in `workos.reconcile_listed` by this run, in all and since its last
+    /// `ANALYZE` (see [`Run::refresh_statistics`]).
+    staged: u64,
+    staged_since_analyze: u64,
 }
 
 /// The fields of a listed object that the comparison needs.
@@ -270,6 +276,7 @@ impl Run<'_> {
             return Ok(());
         }
         store::stage(self.pool, self.run_id, kind, directory_id, listed).await?;
+        self.count_staged(listed.len());
         let drifted = store::drifted(self.pool, kind, listed, self.started_at).await?;
         let mut events = Vec::new();
         for drifted in &drifted {
@@ -293,12 +300,32 @@ impl Run<'_> {
         self.apply(events).await
     }
 
+    fn count_staged(&mut self, rows: usize) {
+        self.staged += rows as u64;
+        self.staged_since_analyze += rows as u64;
+    }
+
+    /// Has Postgres sample the staging table once it has grown by half since it last did (and
+    /// by at least `ANALYZE_AFTER` rows): the comparisons of what was not listed join every row
+    /// of a directory with it, and a planner that believed it small compared each row with
+    /// every staged one, which for 100,000 users ran past any timeout (BENCHMARKS.md, "Scale").
+    /// Samples cost about the same whatever the size, and there are a few per run.
+    async fn refresh_statistics(&mut self) -> Result<(), ReconcileError> {
+        const ANALYZE_AFTER: u64 = 1_000;
+        if self.staged_since_analyze >= ANALYZE_AFTER.max(self.staged / 3) {
+            store::analyze_listed(self.pool).await?;
+            self.staged_since_analyze = 0;
+        }
+        Ok(())
+    }
+
     /// Deletes the live rows the run did not list.
     async fn delete_unlisted(
         &mut self,
         kind: Kind,
         directory_id: Option<&str>,
     ) -> Result<(), ReconcileError> {
+        self.refresh_statistics().await?;
         let event_type = match kind {
             Kind::Directory => "dsync.deleted",
             Kind::User => "dsync.user.deleted",
@@ -347,6 +374,7 @@ impl Run<'_> {
             }
             let ids: Vec<&str> = users.iter().map(|user| user.id.as_str()).collect();
             store::stage_members(self.pool, self.run_id, directory_id, group_id, &ids).await?;
+            self.count_staged(ids.len());
             let missing =
                 store::members_missing(self.pool, group_id, &ids, self.started_at).await?;
             self.drift.memberships.missing += missing.len() as u64;
@@ -367,6 +395,7 @@ impl Run<'_> {
 
     /// Removes the live memberships of a directory that no group listing showed.
     async fn remove_unlisted_members(&mut self, directory_id: &str) -> Result<(), ReconcileError> {
+        self.refresh_statistics().await?;
         let mut after = (String::new(), String::new());
         loop {
             let rows = store::members_unlisted(

@@ -273,6 +273,33 @@ pub(crate) async fn drifted(
     }
 }
 
+/// How long a comparison of what a run did not list may run: it reads every row of a
+/// directory once (a few seconds for a million users), longer than `database.timeout_ms`
+/// allows the requests' statements, and it holds no lock anyone waits for.
+const COMPARISON_TIMEOUT: &str = "300s";
+
+/// A transaction whose statements may run [`COMPARISON_TIMEOUT`].
+async fn comparison(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        r#"SELECT set_config('statement_timeout', $1, true) AS "set!""#,
+        COMPARISON_TIMEOUT
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
+/// Samples `workos.reconcile_listed` for the planner (see `snapshot::Run::refresh_statistics`).
+pub(crate) async fn analyze_listed(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!("ANALYZE workos.reconcile_listed")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Up to `limit` live rows that the run did not list, written before it began, after `after`
 /// in id order: `(id, the row in the event form)`. Directories: any (only a complete listing
 /// asks), or only `directory_id`'s; users and groups: those of `directory_id`.
@@ -288,6 +315,7 @@ pub(crate) async fn unlisted(
     // One statement per table (a checked query cannot take a table name as a parameter):
     // the table, the function that turns its row into the event form, the listing's kind,
     // and which rows the run is about.
+    let mut tx = comparison(pool).await?;
     macro_rules! unlisted {
         ($table:literal, $as_event:literal, $kind:literal, $scope:literal) => {
             sqlx::query!(
@@ -312,7 +340,7 @@ pub(crate) async fn unlisted(
                 directory_id,
                 limit,
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .map(|row| (row.id, row.object))
@@ -339,6 +367,7 @@ pub(crate) async fn unlisted(
             "s.directory_id = $4"
         ),
     };
+    tx.commit().await?;
     Ok(rows)
 }
 
@@ -418,7 +447,8 @@ pub(crate) async fn members_unlisted(
     after: (&str, &str),
     limit: i64,
 ) -> Result<Vec<Unlisted>, sqlx::Error> {
-    sqlx::query_as!(
+    let mut tx = comparison(pool).await?;
+    let rows = sqlx::query_as!(
         Unlisted,
         r#"
         SELECT m.group_id, m.user_id,
@@ -447,6 +477,8 @@ pub(crate) async fn members_unlisted(
         after.1,
         limit,
     )
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
 }

@@ -670,6 +670,51 @@ async fn a_snapshot_repairs_missing_stale_and_extra_rows_memberships_included(po
     assert_eq!(dump(&pool).await, after);
 }
 
+/// What Postgres believes `workos.reconcile_listed` holds (`-1` before anything sampled it).
+async fn staged_rows_believed(pool: &PgPool) -> f32 {
+    sqlx::query_scalar(
+        "SELECT reltuples FROM pg_class WHERE oid = 'workos.reconcile_listed'::regclass",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn a_large_listing_is_sampled_for_the_planner_before_it_is_compared(pool: PgPool) {
+    // Without statistics, Postgres took the staging table for a small one and compared each
+    // stored row with every staged one: the second snapshot of 100,000 users ran past any
+    // timeout (BENCHMARKS.md, "Scale"). Any listing of 1,000 rows or more is sampled first.
+    let fake = FakeWorkos::start().await;
+    let config = config(&fake);
+    {
+        let mut workos = fake.lock();
+        workos.put_directory(directory("directory_big", "2026-01-01T00:00:00.000Z"));
+        for n in 0..1_200 {
+            workos.put_user(
+                user(
+                    &format!("directory_user_{n:05}"),
+                    "directory_big",
+                    &format!("user{n}@example.com"),
+                    "2026-01-01T00:00:00.000Z",
+                ),
+                true,
+            );
+        }
+    }
+    assert_eq!(staged_rows_believed(&pool).await, -1.0);
+    let first = snapshot::run(&pool, &client(&config), &Options::default())
+        .await
+        .unwrap();
+    assert_eq!(first.drift.users.missing, 1_200);
+    assert!(staged_rows_believed(&pool).await >= 1_200.0);
+    // Nothing to repair the second time: every stored row is compared with the listing.
+    let again = snapshot::run(&pool, &client(&config), &Options::default())
+        .await
+        .unwrap();
+    assert!(again.drift.is_empty(), "{:?}", again.drift);
+}
+
 fn client(config: &Config) -> dsyncd::workos_api::Client {
     dsyncd::workos_api::Client::new(&config.workos, config.workos.api_key.clone().unwrap()).unwrap()
 }
