@@ -788,58 +788,37 @@ async fn walk(
             )
             .fetch_optional(&mut *conn)
             .await?;
-            let changed = match &bound {
-                Some(bound) => {
-                    sqlx::query_scalar!(
-                        r#"
-                    WITH changed AS (
-                        UPDATE workos.directory_users AS r SET deleted_at = $2, synced_at = now()
-                        WHERE r.directory_id = $1
-                          AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
-                              > (COALESCE($3::timestamptz, '-infinity'), $4::text)
-                          AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
-                              <= ($5::timestamptz, $6::text)
-                          AND (r.deleted_at IS NULL OR r.deleted_at > $2)
-                        RETURNING pg_notify($7,
-                            workos.deletion_notice('directory_users', r.directory_id, r.id))
-                    )
-                    SELECT count(*) AS "changed!" FROM changed
-                    "#,
-                        directory_id,
-                        at,
-                        after_at as Option<DateTime<Utc>>,
-                        after_id,
-                        bound.at,
-                        bound.id,
-                        channel,
-                    )
-                    .fetch_one(&mut *conn)
-                    .await?
-                }
-                None => {
-                    sqlx::query_scalar!(
-                        r#"
-                    WITH changed AS (
-                        UPDATE workos.directory_users AS r SET deleted_at = $2, synced_at = now()
-                        WHERE r.directory_id = $1
-                          AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
-                              > (COALESCE($3::timestamptz, '-infinity'), $4::text)
-                          AND (r.deleted_at IS NULL OR r.deleted_at > $2)
-                        RETURNING pg_notify($5,
-                            workos.deletion_notice('directory_users', r.directory_id, r.id))
-                    )
-                    SELECT count(*) AS "changed!" FROM changed
-                    "#,
-                        directory_id,
-                        at,
-                        after_at as Option<DateTime<Utc>>,
-                        after_id,
-                        channel,
-                    )
-                    .fetch_one(&mut *conn)
-                    .await?
-                }
+            // Without a bound, the range runs to the directory's end: past every key, as no
+            // stored time is `infinity` (chrono has none to store).
+            let (upper_at, upper_id) = match &bound {
+                Some(bound) => (Some(bound.at), bound.id.as_str()),
+                None => (None, ""),
             };
+            let changed = sqlx::query_scalar!(
+                r#"
+                WITH changed AS (
+                    UPDATE workos.directory_users AS r SET deleted_at = $2, synced_at = now()
+                    WHERE r.directory_id = $1
+                      AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
+                          > (COALESCE($3::timestamptz, '-infinity'), $4::text)
+                      AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
+                          <= (COALESCE($5::timestamptz, 'infinity'), $6::text)
+                      AND (r.deleted_at IS NULL OR r.deleted_at > $2)
+                    RETURNING pg_notify($7,
+                        workos.deletion_notice('directory_users', r.directory_id, r.id))
+                )
+                SELECT count(*) AS "changed!" FROM changed
+                "#,
+                directory_id,
+                at,
+                after_at as Option<DateTime<Utc>>,
+                after_id,
+                upper_at as Option<DateTime<Utc>>,
+                upper_id,
+                channel,
+            )
+            .fetch_one(&mut *conn)
+            .await?;
             (changed, bound.map(|bound| (Some(bound.at), bound.id, None)))
         }
         Phase::Groups => {
@@ -861,7 +840,7 @@ async fn walk(
                 WITH changed AS (
                     UPDATE workos.directory_groups AS r SET deleted_at = $2, synced_at = now()
                     WHERE r.directory_id = $1 AND r.id COLLATE "C" > $3::text
-                      AND ($4::text IS NULL OR r.id COLLATE "C" <= $4::text)
+                      AND r.id COLLATE "C" <= COALESCE($4::text, chr(1114111))
                       AND (r.deleted_at IS NULL OR r.deleted_at > $2)
                     RETURNING pg_notify($5,
                         workos.deletion_notice('directory_groups', r.directory_id, r.id))
@@ -894,53 +873,37 @@ async fn walk(
             )
             .fetch_optional(&mut *conn)
             .await?;
-            let changed = match &bound {
-                Some(bound) => sqlx::query_scalar!(
-                    r#"
-                    WITH changed AS (
-                        UPDATE workos.directory_group_memberships AS r
-                        SET deleted_at = $2, synced_at = now()
-                        WHERE r.directory_id = $1
-                          AND (r.group_id COLLATE "C", r.user_id COLLATE "C") > ($3::text, $4::text)
-                          AND (r.group_id COLLATE "C", r.user_id COLLATE "C") <= ($5::text, $6::text)
-                          AND (r.deleted_at IS NULL OR r.deleted_at > $2)
-                        RETURNING pg_notify($7, workos.membership_deletion_notice(
-                            r.directory_id, r.group_id, r.user_id))
-                    )
-                    SELECT count(*) AS "changed!" FROM changed
-                    "#,
-                    directory_id,
-                    at,
-                    after_id,
-                    after_user_id,
-                    bound.group_id,
-                    bound.user_id,
-                    channel,
-                )
-                .fetch_one(&mut *conn)
-                .await?,
-                None => sqlx::query_scalar!(
-                    r#"
-                    WITH changed AS (
-                        UPDATE workos.directory_group_memberships AS r
-                        SET deleted_at = $2, synced_at = now()
-                        WHERE r.directory_id = $1
-                          AND (r.group_id COLLATE "C", r.user_id COLLATE "C") > ($3::text, $4::text)
-                          AND (r.deleted_at IS NULL OR r.deleted_at > $2)
-                        RETURNING pg_notify($5, workos.membership_deletion_notice(
-                            r.directory_id, r.group_id, r.user_id))
-                    )
-                    SELECT count(*) AS "changed!" FROM changed
-                    "#,
-                    directory_id,
-                    at,
-                    after_id,
-                    after_user_id,
-                    channel,
-                )
-                .fetch_one(&mut *conn)
-                .await?,
+            // Without a bound, the range runs to the directory's end: past every key, as the
+            // highest code point (U+10FFFF, a noncharacter) begins no id.
+            let (upper_group, upper_user) = match &bound {
+                Some(bound) => (Some(bound.group_id.as_str()), bound.user_id.as_str()),
+                None => (None, ""),
             };
+            let changed = sqlx::query_scalar!(
+                r#"
+                WITH changed AS (
+                    UPDATE workos.directory_group_memberships AS r
+                    SET deleted_at = $2, synced_at = now()
+                    WHERE r.directory_id = $1
+                      AND (r.group_id COLLATE "C", r.user_id COLLATE "C") > ($3::text, $4::text)
+                      AND (r.group_id COLLATE "C", r.user_id COLLATE "C")
+                          <= (COALESCE($5::text, chr(1114111)), $6::text)
+                      AND (r.deleted_at IS NULL OR r.deleted_at > $2)
+                    RETURNING pg_notify($7, workos.membership_deletion_notice(
+                        r.directory_id, r.group_id, r.user_id))
+                )
+                SELECT count(*) AS "changed!" FROM changed
+                "#,
+                directory_id,
+                at,
+                after_id,
+                after_user_id,
+                upper_group,
+                upper_user,
+                channel,
+            )
+            .fetch_one(&mut *conn)
+            .await?;
             (
                 changed,
                 bound.map(|bound| (None, bound.group_id, Some(bound.user_id))),
