@@ -113,3 +113,10 @@ CREATE FUNCTION bench.live_under(directory text) RETURNS bigint LANGUAGE sql AS 
          + (SELECT count(*) FROM workos.directory_groups WHERE directory_id = directory AND deleted_at IS NULL)
          + (SELECT count(*) FROM workos.directory_group_memberships WHERE directory_id = directory AND deleted_at IS NULL)
 $$;
+
+-- Rows of group `group_id` that are still live: the group and its memberships.
+CREATE FUNCTION bench.live_in_group(group_id text) RETURNS bigint LANGUAGE sql AS $$
+    SELECT (SELECT count(*) FROM workos.directory_groups WHERE id = group_id AND deleted_at IS NULL)
+         + (SELECT count(*) FROM workos.directory_group_memberships AS m
+            WHERE m.group_id = live_in_group.group_id AND deleted_at IS NULL)
+$$;

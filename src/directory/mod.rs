@@ -19,6 +19,7 @@
 
 mod model;
 mod plan;
+mod steps;
 mod store;
 
 use std::collections::BTreeMap;
@@ -71,21 +72,40 @@ impl EventHandler for DirectoryHandler {
         self.handle_batch(conn, &[event]).await
     }
 
-    /// One step of the oldest directory deletion under way that no other worker is stepping
-    /// (`workos.directory_deletions`): up to [`DELETION_STEP_ROWS`] rows of one table.
+    /// One step of the oldest deletion under way that no other worker is stepping: of a
+    /// directory (`workos.directory_deletions`), up to [`DELETION_STEP_ROWS`] rows of one table;
+    /// when none is left, of a large group (`workos.group_deletions`), up to as many of its
+    /// memberships.
     async fn step(&self, conn: &mut PgConnection) -> Result<bool, HandlerError> {
-        let Some(mut deletion) = store::locked_deletion(conn, None).await? else {
-            return Ok(false);
-        };
-        let step =
-            store::deletion_step(conn, CHANGES_CHANNEL, &mut deletion, DELETION_STEP_ROWS).await?;
-        tracing::debug!(
-            directory.id = %deletion.directory_id,
-            directory.changed_rows = step.changed,
-            directory.deleted = step.done,
-            "deletion step"
-        );
-        Ok(true)
+        if let Some(mut deletion) = steps::locked_deletion(conn, None).await? {
+            let step =
+                steps::deletion_step(conn, CHANGES_CHANNEL, &mut deletion, DELETION_STEP_ROWS)
+                    .await?;
+            tracing::debug!(
+                directory.id = %deletion.directory_id,
+                directory.changed_rows = step.changed,
+                directory.deleted = step.done,
+                "deletion step"
+            );
+            return Ok(true);
+        }
+        if let Some(mut deletion) = steps::locked_group_deletion(conn).await? {
+            let step = steps::group_deletion_step(
+                conn,
+                CHANGES_CHANNEL,
+                &mut deletion,
+                DELETION_STEP_ROWS,
+            )
+            .await?;
+            tracing::debug!(
+                group.id = %deletion.group_id,
+                directory.changed_rows = step.changed,
+                group.deleted = step.done,
+                "group deletion step"
+            );
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     async fn handle_batch(
@@ -154,19 +174,29 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<u64, sqlx::Error>
     // of them can delete a whole directory, and its rows never come back here.
     let payloads = notification_payloads(changes);
     store::notify(conn, CHANGES_CHANNEL, &payloads).await?;
-    let mut cascaded = store::cascade(conn, CHANGES_CHANNEL, &tombstones).await?;
+    // A deleted group's memberships: here unless there are more than a step of them (an
+    // "everyone" group), then in steps of their own ([`DirectoryHandler::step`]).
+    let large = steps::large_groups(conn, &tombstones.groups, DELETION_STEP_ROWS).await?;
+    let (stepped, in_batch): (Vec<_>, Vec<_>) = tombstones
+        .groups
+        .iter()
+        .partition(|group| large.contains(&group.id));
+    let in_batch: Vec<_> = in_batch.into_iter().cloned().collect();
+    let mut cascaded = store::cascade(conn, CHANGES_CHANNEL, &tombstones, &in_batch).await?;
+    steps::start_group_deletions(conn, &stepped).await?;
     // A deleted directory's users, groups and memberships: here as long as each table takes
-    // less than one step, the rest in steps of their own ([`DirectoryHandler::step`]).
-    store::start_deletions(conn, &tombstones.directories).await?;
+    // less than one step, the rest in steps of their own.
+    steps::start_deletions(conn, &tombstones.directories).await?;
     for tombstone in &tombstones.directories {
         cascaded += delete_directory_in_batch(conn, &tombstone.id).await?;
     }
     Ok(payloads.len() as u64 + cascaded)
 }
 
-/// The rows a deletion step walks at most in each table: a step of a directory's deletion is
-/// a transaction of its own, and this bounds how long it holds its rows and how many change
-/// notifications its commit queues (every notifying commit waits for that queueing).
+/// The rows a deletion step walks at most in each table, and the memberships above which a
+/// group's go in steps: a step is a transaction of its own, and this bounds how long it holds
+/// its rows and how many change notifications its commit queues (every notifying commit waits
+/// for that queueing).
 const DELETION_STEP_ROWS: i64 = 5000;
 
 /// Steps through the deletion of `directory_id` inside the batch until a step walks a whole
@@ -176,14 +206,14 @@ async fn delete_directory_in_batch(
     conn: &mut PgConnection,
     directory_id: &str,
 ) -> Result<u64, sqlx::Error> {
-    let Some(mut deletion) = store::locked_deletion(conn, Some(directory_id)).await? else {
+    let Some(mut deletion) = steps::locked_deletion(conn, Some(directory_id)).await? else {
         return Ok(0);
     };
     let mut changed = 0;
     loop {
         let phase = deletion.phase;
         let step =
-            store::deletion_step(conn, CHANGES_CHANNEL, &mut deletion, DELETION_STEP_ROWS).await?;
+            steps::deletion_step(conn, CHANGES_CHANNEL, &mut deletion, DELETION_STEP_ROWS).await?;
         changed += step.changed;
         if step.done || deletion.phase == phase {
             return Ok(changed);

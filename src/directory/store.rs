@@ -535,7 +535,9 @@ pub(crate) async fn upsert_tombstones(
 /// - a deleted directory's own row, whatever snapshot it holds (a deleted directory is
 ///   terminal); every user, group and membership of it is the work of [`deletion_step`];
 /// - a deleted user or group whose row holds its deletion (not a newer snapshot);
-/// - the memberships of a deleted user or group decided at or before its reach.
+/// - the memberships decided at or before its reach of a deleted user, and of each group of
+///   `groups_members` (the deleted groups whose memberships go in the batch; those of a larger
+///   group are the work of `super::steps::group_deletion_step`).
 ///
 /// Each row is deleted at the earliest tombstone that covers it: every statement only moves
 /// `deleted_at` earlier. The statements may change a whole directory's rows, so they bring
@@ -550,6 +552,7 @@ pub(crate) async fn cascade(
     conn: &mut PgConnection,
     channel: &str,
     tombstones: &NewTombstones,
+    groups_members: &[Tombstone],
 ) -> Result<u64, sqlx::Error> {
     // The one statement shape: the rows `r` of `table` that match a tombstone `t` (its `key`,
     // `deleted_at` and `reach`) move to its time, each announced with `notice`.
@@ -616,345 +619,9 @@ pub(crate) async fn cascade(
         "directory_group_memberships",
         "r.group_id = t.key AND (t.reach IS NULL OR r.updated_at <= t.reach)",
         "workos.membership_deletion_notice(r.directory_id, r.group_id, r.user_id)",
-        groups
+        groups_members
     );
     Ok(changed)
-}
-
-/// The table a directory deletion's next step walks (`workos.directory_deletions.phase`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    Users,
-    Groups,
-    Memberships,
-}
-
-impl Phase {
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Users => "users",
-            Phase::Groups => "groups",
-            Phase::Memberships => "memberships",
-        }
-    }
-
-    fn from_name(name: &str) -> Phase {
-        match name {
-            "groups" => Phase::Groups,
-            "memberships" => Phase::Memberships,
-            _ => Phase::Users,
-        }
-    }
-}
-
-/// A directory's deletion under way (`workos.directory_deletions`): its rows are moved to
-/// `deleted_at` a step at a time, each table in the order of its directory index, from just
-/// after the last row walked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DirectoryDeletion {
-    pub(crate) directory_id: String,
-    pub(crate) deleted_at: DateTime<Utc>,
-    pub(crate) phase: Phase,
-    /// The last row walked in `phase`: users `(COALESCE(created_at, 'epoch'), id)`, groups
-    /// `id`, memberships `(group_id, user_id)`; `None` before the first.
-    after: Option<(Option<DateTime<Utc>>, String, Option<String>)>,
-}
-
-/// What a deletion step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Step {
-    /// Rows it deleted (or moved to an earlier deletion time).
-    pub(crate) changed: u64,
-    /// Whether every row of the directory is now deleted.
-    pub(crate) done: bool,
-}
-
-/// Records the deletions under way for directory tombstones that are new or moved earlier,
-/// from the start of the walk (an earlier time must reach the rows walked already).
-pub(crate) async fn start_deletions(
-    conn: &mut PgConnection,
-    directories: &[Tombstone],
-) -> Result<(), sqlx::Error> {
-    if directories.is_empty() {
-        return Ok(());
-    }
-    let (ids, times, _) = columns(directories);
-    sqlx::query!(
-        r#"
-        INSERT INTO workos.directory_deletions AS d (directory_id, deleted_at)
-        SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
-        ON CONFLICT (directory_id) DO UPDATE SET
-            deleted_at = EXCLUDED.deleted_at, phase = 'users', after_at = NULL,
-            after_id = NULL, after_user_id = NULL, started_at = now()
-        "#,
-        &ids as &[&str],
-        &times,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The oldest deletion under way (of `directory_id` only, if given) that no other transaction
-/// holds, locked until this one ends. A batch finds the one it recorded itself.
-pub(crate) async fn locked_deletion(
-    conn: &mut PgConnection,
-    directory_id: Option<&str>,
-) -> Result<Option<DirectoryDeletion>, sqlx::Error> {
-    let row = sqlx::query!(
-        r#"
-        SELECT directory_id, deleted_at, phase, after_at, after_id, after_user_id
-        FROM workos.directory_deletions
-        WHERE $1::text IS NULL OR directory_id = $1
-        ORDER BY started_at
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-        "#,
-        directory_id,
-    )
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|row| DirectoryDeletion {
-        directory_id: row.directory_id,
-        deleted_at: row.deleted_at,
-        phase: Phase::from_name(&row.phase),
-        after: row.after_id.map(|id| (row.after_at, id, row.after_user_id)),
-    }))
-}
-
-/// Walks the next `limit` rows of the deletion's table, moves those that are live or deleted
-/// later to its time (each announced on `channel`, from Postgres as the cascades do), and
-/// records how far it got: the next table once this one is walked to its end, and the end of
-/// the deletion after the memberships.
-///
-/// A step is two statements on the table's directory index: the key of the `limit`-th row
-/// after the last one walked, then one update of the range up to it (to the end of the
-/// directory when fewer rows are left). Joining the walked rows back to the table instead let
-/// the planner hash the whole table on every step. Sequential scans are off meanwhile: the
-/// planner rates a range of keys as a third of the rows, and read all of a large directory's
-/// memberships on every step (BENCHMARKS.md, "Scale").
-pub(crate) async fn deletion_step(
-    conn: &mut PgConnection,
-    channel: &str,
-    deletion: &mut DirectoryDeletion,
-    limit: i64,
-) -> Result<Step, sqlx::Error> {
-    let was = sqlx::query!(
-        r#"SELECT current_setting('enable_seqscan') AS "was!",
-                  set_config('enable_seqscan', 'off', true) AS "off!""#
-    )
-    .fetch_one(&mut *conn)
-    .await?
-    .was;
-    let step = walk(conn, channel, deletion, limit).await?;
-    sqlx::query!("SELECT set_config('enable_seqscan', $1, true)", was)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(step)
-}
-
-async fn walk(
-    conn: &mut PgConnection,
-    channel: &str,
-    deletion: &mut DirectoryDeletion,
-    limit: i64,
-) -> Result<Step, sqlx::Error> {
-    let directory_id = deletion.directory_id.as_str();
-    let at = deletion.deleted_at;
-    // Before the first row, the walk starts after `-infinity` and the empty id: ids are never
-    // empty.
-    let (after_at, after_id, after_user_id) = match &deletion.after {
-        Some((after_at, id, user_id)) => {
-            (*after_at, id.clone(), user_id.clone().unwrap_or_default())
-        }
-        None => (None, String::new(), String::new()),
-    };
-    let (changed, last) = match deletion.phase {
-        Phase::Users => {
-            let bound = sqlx::query!(
-                r#"
-                SELECT COALESCE(created_at, 'epoch'::timestamptz) AS "at!", id
-                FROM workos.directory_users
-                WHERE directory_id = $1
-                  AND (COALESCE(created_at, 'epoch'::timestamptz), id COLLATE "C")
-                      > (COALESCE($2::timestamptz, '-infinity'), $3::text)
-                ORDER BY COALESCE(created_at, 'epoch'::timestamptz), id COLLATE "C"
-                OFFSET $4 LIMIT 1
-                "#,
-                directory_id,
-                after_at as Option<DateTime<Utc>>,
-                after_id,
-                limit - 1,
-            )
-            .fetch_optional(&mut *conn)
-            .await?;
-            // Without a bound, the range runs to the directory's end: past every key, as no
-            // stored time is `infinity` (chrono has none to store).
-            let (upper_at, upper_id) = match &bound {
-                Some(bound) => (Some(bound.at), bound.id.as_str()),
-                None => (None, ""),
-            };
-            let changed = sqlx::query_scalar!(
-                r#"
-                WITH changed AS (
-                    UPDATE workos.directory_users AS r SET deleted_at = $2, synced_at = now()
-                    WHERE r.directory_id = $1
-                      AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
-                          > (COALESCE($3::timestamptz, '-infinity'), $4::text)
-                      AND (COALESCE(r.created_at, 'epoch'::timestamptz), r.id COLLATE "C")
-                          <= (COALESCE($5::timestamptz, 'infinity'), $6::text)
-                      AND (r.deleted_at IS NULL OR r.deleted_at > $2)
-                    RETURNING pg_notify($7,
-                        workos.deletion_notice('directory_users', r.directory_id, r.id))
-                )
-                SELECT count(*) AS "changed!" FROM changed
-                "#,
-                directory_id,
-                at,
-                after_at as Option<DateTime<Utc>>,
-                after_id,
-                upper_at as Option<DateTime<Utc>>,
-                upper_id,
-                channel,
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-            (changed, bound.map(|bound| (Some(bound.at), bound.id, None)))
-        }
-        Phase::Groups => {
-            let bound = sqlx::query_scalar!(
-                r#"
-                SELECT id FROM workos.directory_groups
-                WHERE directory_id = $1 AND id COLLATE "C" > $2::text
-                ORDER BY id COLLATE "C"
-                OFFSET $3 LIMIT 1
-                "#,
-                directory_id,
-                after_id,
-                limit - 1,
-            )
-            .fetch_optional(&mut *conn)
-            .await?;
-            let changed = sqlx::query_scalar!(
-                r#"
-                WITH changed AS (
-                    UPDATE workos.directory_groups AS r SET deleted_at = $2, synced_at = now()
-                    WHERE r.directory_id = $1 AND r.id COLLATE "C" > $3::text
-                      AND r.id COLLATE "C" <= COALESCE($4::text, chr(1114111))
-                      AND (r.deleted_at IS NULL OR r.deleted_at > $2)
-                    RETURNING pg_notify($5,
-                        workos.deletion_notice('directory_groups', r.directory_id, r.id))
-                )
-                SELECT count(*) AS "changed!" FROM changed
-                "#,
-                directory_id,
-                at,
-                after_id,
-                bound.as_deref(),
-                channel,
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-            (changed, bound.map(|id| (None, id, None)))
-        }
-        Phase::Memberships => {
-            let bound = sqlx::query!(
-                r#"
-                SELECT group_id, user_id FROM workos.directory_group_memberships
-                WHERE directory_id = $1
-                  AND (group_id COLLATE "C", user_id COLLATE "C") > ($2::text, $3::text)
-                ORDER BY group_id COLLATE "C", user_id COLLATE "C"
-                OFFSET $4 LIMIT 1
-                "#,
-                directory_id,
-                after_id,
-                after_user_id,
-                limit - 1,
-            )
-            .fetch_optional(&mut *conn)
-            .await?;
-            // Without a bound, the range runs to the directory's end: past every key, as the
-            // highest code point (U+10FFFF, a noncharacter) begins no id.
-            let (upper_group, upper_user) = match &bound {
-                Some(bound) => (Some(bound.group_id.as_str()), bound.user_id.as_str()),
-                None => (None, ""),
-            };
-            let changed = sqlx::query_scalar!(
-                r#"
-                WITH changed AS (
-                    UPDATE workos.directory_group_memberships AS r
-                    SET deleted_at = $2, synced_at = now()
-                    WHERE r.directory_id = $1
-                      AND (r.group_id COLLATE "C", r.user_id COLLATE "C") > ($3::text, $4::text)
-                      AND (r.group_id COLLATE "C", r.user_id COLLATE "C")
-                          <= (COALESCE($5::text, chr(1114111)), $6::text)
-                      AND (r.deleted_at IS NULL OR r.deleted_at > $2)
-                    RETURNING pg_notify($7, workos.membership_deletion_notice(
-                        r.directory_id, r.group_id, r.user_id))
-                )
-                SELECT count(*) AS "changed!" FROM changed
-                "#,
-                directory_id,
-                at,
-                after_id,
-                after_user_id,
-                upper_group,
-                upper_user,
-                channel,
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-            (
-                changed,
-                bound.map(|bound| (None, bound.group_id, Some(bound.user_id))),
-            )
-        }
-    };
-    let changed = changed as u64;
-    if last.is_some() {
-        deletion.after = last;
-    } else {
-        // The table is walked to its end.
-        deletion.after = None;
-        match deletion.phase {
-            Phase::Users => deletion.phase = Phase::Groups,
-            Phase::Groups => deletion.phase = Phase::Memberships,
-            Phase::Memberships => {
-                sqlx::query!(
-                    "DELETE FROM workos.directory_deletions WHERE directory_id = $1",
-                    directory_id,
-                )
-                .execute(&mut *conn)
-                .await?;
-                return Ok(Step {
-                    changed,
-                    done: true,
-                });
-            }
-        }
-    }
-    let (after_at, after_id, after_user_id) = match &deletion.after {
-        Some((after_at, id, user_id)) => (*after_at, Some(id.as_str()), user_id.as_deref()),
-        None => (None, None, None),
-    };
-    sqlx::query!(
-        r#"
-        UPDATE workos.directory_deletions
-        SET phase = $2, after_at = $3, after_id = $4, after_user_id = $5
-        WHERE directory_id = $1
-        "#,
-        directory_id,
-        deletion.phase.name(),
-        after_at,
-        after_id,
-        after_user_id,
-    )
-    .execute(&mut *conn)
-    .await?;
-    Ok(Step {
-        changed,
-        done: false,
-    })
 }
 
 /// Sends each payload on `channel`, delivered when the transaction commits.
@@ -1011,10 +678,11 @@ fn json_text(value: &Option<impl serde::Serialize>) -> Option<String> {
 }
 
 /// The ids, times and reaches of some tombstones, for `unnest`.
-type TombstoneColumns<'a> = (Vec<&'a str>, Vec<DateTime<Utc>>, Vec<Option<DateTime<Utc>>>);
+pub(super) type TombstoneColumns<'a> =
+    (Vec<&'a str>, Vec<DateTime<Utc>>, Vec<Option<DateTime<Utc>>>);
 
 /// `tombstones` as columns.
-fn columns(tombstones: &[Tombstone]) -> TombstoneColumns<'_> {
+pub(super) fn columns(tombstones: &[Tombstone]) -> TombstoneColumns<'_> {
     let mut columns = (Vec::new(), Vec::new(), Vec::new());
     for tombstone in tombstones {
         columns.0.push(tombstone.id.as_str());

@@ -694,6 +694,31 @@ async fn step_until_done(pool: &PgPool) -> anyhow::Result<Vec<Vec<(String, i64)>
     }
 }
 
+/// Runs one of the handler's steps, which must find work, and rolls it back, as when a step
+/// fails.
+async fn roll_back_a_step(pool: &PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    assert!(
+        dsyncd::directory::DirectoryHandler::new()
+            .step(&mut tx)
+            .await?
+    );
+    tx.rollback().await?;
+    Ok(())
+}
+
+/// Runs `count` of the handler's steps, each in a transaction of its own.
+async fn take_steps(pool: &PgPool, count: usize) -> anyhow::Result<()> {
+    for _ in 0..count {
+        let mut tx = pool.begin().await?;
+        dsyncd::directory::DirectoryHandler::new()
+            .step(&mut tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 #[sqlx::test]
 async fn a_large_directory_is_deleted_in_steps_of_bounded_transactions(
     pool: PgPool,
@@ -732,13 +757,7 @@ async fn a_large_directory_is_deleted_in_steps_of_bounded_transactions(
     .await?;
 
     // A step that fails (rolled back here) leaves the walk where it was.
-    let mut tx = pool.begin().await?;
-    assert!(
-        dsyncd::directory::DirectoryHandler::new()
-            .step(&mut tx)
-            .await?
-    );
-    tx.rollback().await?;
+    roll_back_a_step(&pool).await?;
 
     let steps = step_until_done(&pool).await?;
     for step in &steps {
@@ -787,13 +806,7 @@ async fn an_earlier_deletion_of_a_directory_being_deleted_walks_it_again_from_th
     )
     .await?;
     // Two steps: the walk is in the users' second half.
-    for _ in 0..2 {
-        let mut tx = pool.begin().await?;
-        dsyncd::directory::DirectoryHandler::new()
-            .step(&mut tx)
-            .await?;
-        tx.commit().await?;
-    }
+    take_steps(&pool, 2).await?;
     // Another delivery of the deletion, dated earlier: every row moves to its time.
     const EARLIER: &str = "2021-06-29T08:00:00.000Z";
     apply(
@@ -861,6 +874,172 @@ async fn run_until_empty_also_finishes_the_deletions_under_way(pool: PgPool) -> 
         census.iter().all(|(_, at, _)| at != "live"),
         "rows left live: {census:?}"
     );
+    Ok(())
+}
+
+const LARGE_GROUP_MEMBERS: i64 = 12_345;
+
+/// The group of the samples with `LARGE_GROUP_MEMBERS` members, written straight into the
+/// table as their `user_added` events of 2021-06-27 would have left them, but for `user_00002`,
+/// removed on 2021-06-30, and `user_00003`, added on 2021-07-02 (after the group's deletion
+/// will be dated); and another group, whose one member the deletion must not touch.
+async fn fill_a_large_group(pool: &PgPool) -> anyhow::Result<()> {
+    apply(pool, &[Body::example("dsync.group.created").event()]).await?;
+    sqlx::query(
+        "INSERT INTO workos.directory_group_memberships (group_id, user_id, directory_id,
+                                                         updated_at, deleted_at, last_event_id,
+                                                         last_event)
+         SELECT $1, 'user_' || lpad(n::text, 5, '0'), $2,
+                CASE n WHEN 2 THEN '2021-06-30T00:00:00Z' WHEN 3 THEN '2021-07-02T00:00:00Z'
+                       ELSE '2021-06-27T00:00:00Z' END::timestamptz,
+                CASE n WHEN 2 THEN '2021-06-30T00:00:00Z'::timestamptz END,
+                'event_member_' || n,
+                CASE n WHEN 2 THEN 'dsync.group.user_removed' ELSE 'dsync.group.user_added' END
+         FROM generate_series(1, $3) AS n
+         UNION ALL
+         SELECT 'group_other', 'user_00001', $2, '2021-06-27T00:00:00Z', NULL, 'event_other',
+                'dsync.group.user_added'",
+    )
+    .bind(GROUP)
+    .bind(DIRECTORY)
+    .bind(LARGE_GROUP_MEMBERS)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Memberships per group and deletion time (`live` for none).
+async fn membership_census(pool: &PgPool) -> anyhow::Result<Vec<(String, String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT group_id,
+                coalesce(to_char(deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), 'live'),
+                count(*)
+         FROM workos.directory_group_memberships GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The group deletions under way.
+async fn group_deletions_under_way(pool: &PgPool) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT group_id FROM workos.group_deletions")
+        .fetch_all(pool)
+        .await
+}
+
+/// A `user_added` of `user_id` to the group of the samples, recorded at `created_at`.
+fn added(user_id: &str, created_at: &str) -> Event {
+    Body::example("dsync.group.user_added")
+        .id(&format!("event_added_{user_id}"))
+        .set("/created_at", created_at)
+        .set("/data/user/id", user_id)
+        .event()
+}
+
+#[sqlx::test]
+async fn a_large_group_is_deleted_in_steps_of_bounded_transactions(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    fill_a_large_group(&pool).await?;
+
+    // The batch deletes the group's own row and records the deletion of its memberships.
+    let mut tx = pool.begin().await?;
+    let deleted = recorded(Body::example("dsync.group.deleted"), Some(DELETED)).event();
+    dsyncd::directory::DirectoryHandler::new()
+        .handle_batch(&mut tx, &[&deleted])
+        .await?;
+    let in_batch = updated_in(&mut tx).await?;
+    tx.commit().await?;
+    assert_eq!(in_batch, [("directory_groups".to_owned(), 1)]);
+    assert_eq!(
+        group(&pool, GROUP).await?.unwrap().deleted_at,
+        Some(at(DELETED))
+    );
+    assert_eq!(group_deletions_under_way(&pool).await?, [GROUP]);
+
+    // Meanwhile a membership added before the deletion is written deleted; one added after it
+    // is live.
+    apply(
+        &pool,
+        &[
+            added("user_during", ADDED),
+            added("user_after", "2021-07-03T00:00:00.000Z"),
+        ],
+    )
+    .await?;
+
+    // A step that fails (rolled back here) leaves the walk where it was.
+    roll_back_a_step(&pool).await?;
+
+    let steps = step_until_done(&pool).await?;
+    // 12,347 memberships in walks of 5,000; of them, each step rewrote only those it deletes:
+    // all but the one removed earlier, the two added after the deletion and the one written
+    // deleted meanwhile.
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    let mut rewritten = 0;
+    for step in &steps {
+        assert!(
+            matches!(&step[..], [(table, n)] if table == "directory_group_memberships" && *n <= 5000),
+            "a step wrote more than 5,000 memberships, or another table: {steps:?}"
+        );
+        rewritten += step[0].1;
+    }
+    assert_eq!(rewritten, LARGE_GROUP_MEMBERS - 2);
+    assert_eq!(
+        membership_census(&pool).await?,
+        [
+            (GROUP.to_owned(), "2021-06-30 00:00".to_owned(), 1),
+            (
+                GROUP.to_owned(),
+                "2021-07-01 12:00".to_owned(),
+                LARGE_GROUP_MEMBERS - 1
+            ),
+            (GROUP.to_owned(), "live".to_owned(), 2),
+            ("group_other".to_owned(), "live".to_owned(), 1),
+        ]
+    );
+    assert!(group_deletions_under_way(&pool).await?.is_empty());
+    Ok(())
+}
+
+#[sqlx::test]
+async fn an_earlier_deletion_of_a_group_being_deleted_walks_it_again_from_the_start(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    fill_a_large_group(&pool).await?;
+    apply(
+        &pool,
+        &[recorded(Body::example("dsync.group.deleted"), Some(DELETED)).event()],
+    )
+    .await?;
+    // Two steps: the walk is in the group's last third.
+    take_steps(&pool, 2).await?;
+    // Another delivery of the deletion, dated earlier: every membership it covers moves to its
+    // time, the one removed on 2021-06-30 too. Its reach stays the later one's.
+    const EARLIER: &str = "2021-06-29T08:00:00.000Z";
+    apply(
+        &pool,
+        &[
+            recorded(Body::example("dsync.group.deleted"), Some(EARLIER))
+                .id("event_deleted_earlier")
+                .event(),
+        ],
+    )
+    .await?;
+    step_until_done(&pool).await?;
+    assert_eq!(
+        membership_census(&pool).await?,
+        [
+            (
+                GROUP.to_owned(),
+                "2021-06-29 08:00".to_owned(),
+                LARGE_GROUP_MEMBERS - 1
+            ),
+            (GROUP.to_owned(), "live".to_owned(), 1),
+            ("group_other".to_owned(), "live".to_owned(), 1),
+        ]
+    );
+    assert!(group_deletions_under_way(&pool).await?.is_empty());
     Ok(())
 }
 
