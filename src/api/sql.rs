@@ -57,6 +57,16 @@ fn push_scope(query: &mut QueryBuilder<'_, Postgres>, alias: &str, scope: &Scope
     }
 }
 
+/// Leaves out the rows (`alias`) of a directory whose deletion is still under way
+/// (`workos.directory_deletions`): its row is deleted, and its users and groups go in steps
+/// (docs/SCHEMA.md, "Deletions"), but to an app they are gone with it.
+fn push_directory_not_deleted(query: &mut QueryBuilder<'_, Postgres>, alias: &str) {
+    query.push(format_args!(
+        " AND NOT EXISTS (SELECT FROM workos.directory_deletions dd \
+         WHERE dd.directory_id = {alias}.directory_id)"
+    ));
+}
+
 /// The cursor bound (if any), the order and the limit of `page`.
 fn push_page(
     query: &mut QueryBuilder<'_, Postgres>,
@@ -265,6 +275,7 @@ fn user_query(scope: &Scope, id: &str) -> QueryBuilder<'static, Postgres> {
     push_user_select(&mut query, scope);
     query.push(" FROM workos.directory_users u WHERE u.deleted_at IS NULL AND u.id = ");
     query.push_bind(id.to_owned());
+    push_directory_not_deleted(&mut query, "u");
     push_scope(&mut query, "u", scope);
     query
 }
@@ -313,8 +324,14 @@ fn users_query(
                  WHERE m.deleted_at IS NULL AND u.deleted_at IS NULL AND m.group_id = ",
             );
             query.push_bind(group.clone());
+            // A deleted group's memberships may still be going in steps: it has no members.
+            query.push(
+                " AND NOT EXISTS (SELECT FROM workos.group_deletions gd \
+                 WHERE gd.group_id = m.group_id)",
+            );
         }
     }
+    push_directory_not_deleted(&mut query, "u");
     push_scope(&mut query, "u", scope);
     push_page(&mut query, "u", page, bound);
     query
@@ -339,6 +356,7 @@ pub async fn group(pool: &PgPool, scope: &Scope, id: &str) -> sqlx::Result<Optio
     let mut query = QueryBuilder::new(GROUP_COLUMNS);
     query.push(" FROM workos.directory_groups g WHERE g.deleted_at IS NULL AND g.id = ");
     query.push_bind(id.to_owned());
+    push_directory_not_deleted(&mut query, "g");
     push_scope(&mut query, "g", scope);
     query.build_query_as().fetch_optional(pool).await
 }
@@ -368,6 +386,7 @@ pub async fn groups(
             query.push_bind(user.clone());
         }
     }
+    push_directory_not_deleted(&mut query, "g");
     push_scope(&mut query, "g", scope);
     push_page(&mut query, "g", page, bound);
     query.build_query_as().fetch_all(pool).await

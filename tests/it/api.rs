@@ -580,6 +580,61 @@ async fn deleted_and_unknown_objects_are_the_sdks_not_found(pool: PgPool) {
     app.stop().await;
 }
 
+#[sqlx::test]
+async fn what_a_deletion_under_way_still_has_to_delete_is_already_gone(pool: PgPool) {
+    let world = world(&pool).await;
+    // Where the batches of two large deletions leave the tables until the worker's steps are
+    // done: directory A's row deleted and its deletion recorded, its users and groups still
+    // live; group B's row deleted and its deletion recorded, its memberships still live.
+    sqlx::raw_sql(&format!(
+        "UPDATE workos.directories SET deleted_at = now() WHERE id = '{DIR_A}';
+         INSERT INTO workos.directory_deletions (directory_id, deleted_at) VALUES ('{DIR_A}', now());
+         UPDATE workos.directory_groups SET deleted_at = now() WHERE id = '{GROUP_B}';
+         INSERT INTO workos.group_deletions (group_id, deleted_at, cascades_until)
+         VALUES ('{GROUP_B}', now(), 'infinity')"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The read API alone: no worker takes the steps meanwhile.
+    let mut config = TestApp::config();
+    config.api.keys = keys();
+    let app = TestApp::spawn_with(pool, config, Role::Api).await;
+    let client = sdk(&app, KEY_ALL);
+    let api = client.directory_sync();
+
+    assert!(
+        auto_paged_users(&client, users_of_directory(PaginationOrder::Desc, 100))
+            .await
+            .is_empty()
+    );
+    let member = &world.members[0].1;
+    assert!(api.get_user(member).await.unwrap_err().is_not_found());
+    assert!(api.get_group(GROUP).await.unwrap_err().is_not_found());
+    let groups_of_a = api
+        .list_groups(ListGroupsParams {
+            directory: Some(DIR_A.to_owned()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(groups_of_a.data.is_empty());
+
+    // Group B has no members any more; its directory's users are as they were.
+    let members_of_b = ListUsersParams {
+        group: Some(GROUP_B.to_owned()),
+        ..Default::default()
+    };
+    assert!(auto_paged_users(&client, members_of_b).await.is_empty());
+    let users_of_b = ListUsersParams {
+        directory: Some(DIR_B.to_owned()),
+        ..Default::default()
+    };
+    assert_eq!(auto_paged_users(&client, users_of_b).await.len(), 3);
+    assert_eq!(api.get_user(&world.user_b).await.unwrap().id, world.user_b);
+    app.stop().await;
+}
+
 // ---- Keys limited to organizations ----
 
 #[sqlx::test]
