@@ -8,9 +8,10 @@
 //! an index, moves those the deletion covers to its time, and records how far it got. A step is
 //! a transaction of its own (the worker's, [`super::DirectoryHandler::step`]): it holds only its
 //! own rows, and its commit queues only its own rows' change notifications, which every other
-//! notifying commit (the receivers' inserts among them) waits for. Each deletion under way is
-//! locked by the step that walks it (`FOR UPDATE SKIP LOCKED`), so several workers step through
-//! different ones.
+//! notifying commit (the receivers' inserts among them) waits for. A step locks its directory
+//! as a batch that deletes does, and then the deletion's row (`FOR UPDATE SKIP LOCKED`), so no
+//! batch writes under the directory while it walks, and two workers never walk one deletion
+//! at once.
 //!
 //! Every step's statements run with sequential scans off: the planner rates a range of keys as
 //! a third of the table, and read all of a large directory's or group's memberships on every
@@ -20,7 +21,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::plan::Tombstone;
-use super::store::columns;
+use super::store::{columns, lock_directories};
 
 /// The table a directory deletion's next step walks (`workos.directory_deletions.phase`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,19 +97,33 @@ pub(crate) async fn start_deletions(
     Ok(())
 }
 
-/// The oldest deletion under way (of `directory_id` only, if given) that no other transaction
-/// holds, locked until this one ends. A batch finds the one it recorded itself.
+/// The oldest deletion under way (of `directory_id` only, if given), locked until this
+/// transaction ends together with its directory ([`lock_directory`]); `None` when there is none
+/// or another transaction is stepping it. A batch finds the one it recorded itself.
 pub(crate) async fn locked_deletion(
     conn: &mut PgConnection,
     directory_id: Option<&str>,
 ) -> Result<Option<DirectoryDeletion>, sqlx::Error> {
+    let directory_id = match directory_id {
+        Some(directory_id) => directory_id.to_owned(),
+        None => {
+            let oldest = sqlx::query_scalar!(
+                "SELECT directory_id FROM workos.directory_deletions ORDER BY started_at LIMIT 1"
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(oldest) = oldest else {
+                return Ok(None);
+            };
+            oldest
+        }
+    };
+    lock_directory(conn, &directory_id).await?;
     let row = sqlx::query!(
         r#"
         SELECT directory_id, deleted_at, phase, after_at, after_id, after_user_id
         FROM workos.directory_deletions
-        WHERE $1::text IS NULL OR directory_id = $1
-        ORDER BY started_at
-        LIMIT 1
+        WHERE directory_id = $1
         FOR UPDATE SKIP LOCKED
         "#,
         directory_id,
@@ -121,6 +136,17 @@ pub(crate) async fn locked_deletion(
         phase: Phase::from_name(&row.phase),
         after: row.after_id.map(|id| (row.after_at, id, row.after_user_id)),
     }))
+}
+
+/// Locks the directory whose rows a step is about to walk, as a batch that deletes under it
+/// locks it ([`super::store::lock_directories`]), and before the deletion's row, as a batch
+/// does before it records a deletion: so the step holds nothing while it waits, and while it
+/// walks nobody else writes under the directory. Without it a batch could lock some of the
+/// rows of the step's range (its upserts, a user's cascade) while the step held others and the
+/// deletion's row, and each then wait for the other, until Postgres broke the deadlock by
+/// failing one of them.
+async fn lock_directory(conn: &mut PgConnection, directory_id: &str) -> Result<(), sqlx::Error> {
+    lock_directories(conn, &[directory_id.to_owned()], &[true]).await
 }
 
 /// Walks the next `limit` rows of the deletion's table, moves those that are live or deleted
@@ -439,20 +465,40 @@ pub(crate) async fn start_group_deletions(
     Ok(())
 }
 
-/// The oldest group deletion under way that no other transaction holds, locked until this one
-/// ends.
+/// The oldest group deletion under way, locked until this transaction ends together with the
+/// group's directory ([`lock_directory`]); `None` when there is none or another transaction is
+/// stepping it.
 pub(crate) async fn locked_group_deletion(
     conn: &mut PgConnection,
 ) -> Result<Option<GroupDeletion>, sqlx::Error> {
+    // The group's directory is that of its memberships: a group in steps has thousands.
+    let oldest = sqlx::query!(
+        r#"
+        SELECT d.group_id,
+               (SELECT m.directory_id FROM workos.directory_group_memberships AS m
+                WHERE m.group_id = d.group_id LIMIT 1) AS directory_id
+        FROM workos.group_deletions AS d
+        ORDER BY d.started_at
+        LIMIT 1
+        "#
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(oldest) = oldest else {
+        return Ok(None);
+    };
+    if let Some(directory_id) = &oldest.directory_id {
+        lock_directory(conn, directory_id).await?;
+    }
     let row = sqlx::query!(
         r#"
         SELECT group_id, deleted_at, NULLIF(cascades_until, 'infinity') AS cascades_until,
                after_user_id
         FROM workos.group_deletions
-        ORDER BY started_at
-        LIMIT 1
+        WHERE group_id = $1
         FOR UPDATE SKIP LOCKED
-        "#
+        "#,
+        oldest.group_id,
     )
     .fetch_optional(conn)
     .await?;

@@ -795,33 +795,48 @@ async fn a_large_directory_is_deleted_in_steps_of_bounded_transactions(
     Ok(())
 }
 
+/// The time of a second deletion of the large directory or group, earlier than the first.
+const EARLIER: &str = "2021-06-29T08:00:00.000Z";
+
+/// Another delivery of the directory's deletion, dated [`EARLIER`].
+fn the_directory_deleted_earlier() -> Event {
+    recorded(seed("dsync.deleted"), Some(EARLIER))
+        .id("event_deleted_earlier")
+        .event()
+}
+
+/// The large directory, deleted at [`DELETED`] by a batch: the rest is left to steps.
+async fn a_large_directory_being_deleted(pool: &PgPool) -> anyhow::Result<()> {
+    fill_a_large_directory(pool).await?;
+    apply(
+        pool,
+        &[recorded(seed("dsync.deleted"), Some(DELETED)).event()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every row of the large directory moved to [`EARLIER`], and no deletion left under way.
+async fn assert_the_directory_deleted_earlier(pool: &PgPool) -> anyhow::Result<()> {
+    assert_eq!(
+        deletion_census(pool).await?,
+        all_deleted_at("2021-06-29 08:00", LARGE_USERS, 0)
+    );
+    assert_eq!(deletions_under_way(pool).await?, 0);
+    Ok(())
+}
+
 #[sqlx::test]
 async fn an_earlier_deletion_of_a_directory_being_deleted_walks_it_again_from_the_start(
     pool: PgPool,
 ) -> anyhow::Result<()> {
-    fill_a_large_directory(&pool).await?;
-    apply(
-        &pool,
-        &[recorded(seed("dsync.deleted"), Some(DELETED)).event()],
-    )
-    .await?;
+    a_large_directory_being_deleted(&pool).await?;
     // Two steps: the walk is in the users' second half.
     take_steps(&pool, 2).await?;
     // Another delivery of the deletion, dated earlier: every row moves to its time.
-    const EARLIER: &str = "2021-06-29T08:00:00.000Z";
-    apply(
-        &pool,
-        &[recorded(seed("dsync.deleted"), Some(EARLIER))
-            .id("event_deleted_earlier")
-            .event()],
-    )
-    .await?;
+    apply(&pool, &[the_directory_deleted_earlier()]).await?;
     step_until_done(&pool).await?;
-    assert_eq!(
-        deletion_census(&pool).await?,
-        all_deleted_at("2021-06-29 08:00", LARGE_USERS, 0)
-    );
-    Ok(())
+    assert_the_directory_deleted_earlier(&pool).await
 }
 
 #[sqlx::test]
@@ -860,12 +875,7 @@ async fn the_worker_finishes_a_large_directorys_deletion_by_itself(
 
 #[sqlx::test]
 async fn run_until_empty_also_finishes_the_deletions_under_way(pool: PgPool) -> anyhow::Result<()> {
-    fill_a_large_directory(&pool).await?;
-    apply(
-        &pool,
-        &[recorded(seed("dsync.deleted"), Some(DELETED)).event()],
-    )
-    .await?;
+    a_large_directory_being_deleted(&pool).await?;
     let worker = dsyncd::worker::Worker::new(pool.clone(), dsyncd::config::WorkerConfig::default())
         .with_handler(dsyncd::directory::DirectoryHandler::new());
     worker.run_until_empty().await?;
@@ -1002,33 +1012,27 @@ async fn a_large_group_is_deleted_in_steps_of_bounded_transactions(
     Ok(())
 }
 
-#[sqlx::test]
-async fn an_earlier_deletion_of_a_group_being_deleted_walks_it_again_from_the_start(
-    pool: PgPool,
-) -> anyhow::Result<()> {
-    fill_a_large_group(&pool).await?;
-    apply(
-        &pool,
-        &[recorded(Body::example("dsync.group.deleted"), Some(DELETED)).event()],
-    )
-    .await?;
-    // Two steps: the walk is in the group's last third.
-    take_steps(&pool, 2).await?;
-    // Another delivery of the deletion, dated earlier: every membership it covers moves to its
-    // time, the one removed on 2021-06-30 too. Its reach stays the later one's.
-    const EARLIER: &str = "2021-06-29T08:00:00.000Z";
-    apply(
-        &pool,
-        &[
-            recorded(Body::example("dsync.group.deleted"), Some(EARLIER))
-                .id("event_deleted_earlier")
-                .event(),
-        ],
-    )
-    .await?;
-    step_until_done(&pool).await?;
+/// Another delivery of the group's deletion, dated [`EARLIER`].
+fn the_group_deleted_earlier() -> Event {
+    recorded(Body::example("dsync.group.deleted"), Some(EARLIER))
+        .id("event_deleted_earlier")
+        .event()
+}
+
+/// The large group, deleted at [`DELETED`] by a batch: its memberships are left to steps.
+async fn a_large_group_being_deleted(pool: &PgPool) -> anyhow::Result<()> {
+    fill_a_large_group(pool).await?;
+    let deleted = recorded(Body::example("dsync.group.deleted"), Some(DELETED));
+    apply(pool, &[deleted.event()]).await?;
+    Ok(())
+}
+
+/// Every membership of the large group that its deletion covers moved to [`EARLIER`], the one
+/// removed on 2021-06-30 too; the reach stays the later deletion's, so the member added on
+/// 2021-07-02 stays; the other group is untouched, and no deletion is left under way.
+async fn assert_the_group_deleted_earlier(pool: &PgPool) -> anyhow::Result<()> {
     assert_eq!(
-        membership_census(&pool).await?,
+        membership_census(pool).await?,
         [
             (
                 GROUP.to_owned(),
@@ -1039,8 +1043,106 @@ async fn an_earlier_deletion_of_a_group_being_deleted_walks_it_again_from_the_st
             ("group_other".to_owned(), "live".to_owned(), 1),
         ]
     );
-    assert!(group_deletions_under_way(&pool).await?.is_empty());
+    assert!(group_deletions_under_way(pool).await?.is_empty());
     Ok(())
+}
+
+#[sqlx::test]
+async fn an_earlier_deletion_of_a_group_being_deleted_walks_it_again_from_the_start(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    a_large_group_being_deleted(&pool).await?;
+    // Two steps: the walk is in the group's last third.
+    take_steps(&pool, 2).await?;
+    // Another delivery of the deletion, dated earlier.
+    apply(&pool, &[the_group_deleted_earlier()]).await?;
+    step_until_done(&pool).await?;
+    assert_the_group_deleted_earlier(&pool).await
+}
+
+/// A step that starts while a batch holds rows of its range, and the same batch's transaction
+/// then recording another deletion of what the step walks: the cycle a step could close by
+/// locking its deletion's row first and the rows after. `first` is applied in the batch's
+/// transaction, the step waits for it, then `again` is applied in that transaction, which
+/// commits; the step must then go on, and what remains is stepped to the end.
+async fn a_step_beside_a_batch_that_deletes_again(
+    pool: &PgPool,
+    first: Event,
+    again: Event,
+) -> anyhow::Result<()> {
+    let handler = dsyncd::directory::DirectoryHandler::new();
+    let mut batch = pool.begin().await?;
+    handler.handle_batch(&mut batch, &[&first]).await?;
+
+    let mut step = pool.begin().await?;
+    let step_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *step)
+        .await?;
+    let stepping = tokio::spawn(async move {
+        let found = dsyncd::directory::DirectoryHandler::new()
+            .step(&mut step)
+            .await;
+        (found, step)
+    });
+    let waits = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        let waiting: Option<String> =
+            sqlx::query_scalar("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1")
+                .bind(step_pid)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        waiting.as_deref() == Some("Lock")
+    })
+    .await;
+    assert!(waits, "the step did not wait for the batch");
+
+    handler.handle_batch(&mut batch, &[&again]).await?;
+    batch.commit().await?;
+    let (found, step) = stepping.await?;
+    assert!(
+        matches!(found, Ok(true)),
+        "the step beside the batch: {found:?}"
+    );
+    step.commit().await?;
+    step_until_done(pool).await?;
+    Ok(())
+}
+
+#[sqlx::test]
+async fn a_step_and_a_batch_that_deletes_the_group_again_never_wait_for_each_other(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    a_large_group_being_deleted(&pool).await?;
+    // The batch adds a member of the step's first range again, then deletes the group earlier.
+    a_step_beside_a_batch_that_deletes_again(
+        &pool,
+        added("user_00010", ADDED),
+        the_group_deleted_earlier(),
+    )
+    .await?;
+    assert_the_group_deleted_earlier(&pool).await
+}
+
+#[sqlx::test]
+async fn a_step_and_a_batch_that_deletes_the_directory_again_never_wait_for_each_other(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    a_large_directory_being_deleted(&pool).await?;
+    // The batch took the users' first 5,000 in the walk's order (those without `created_at`
+    // first, then by `created_at`); `user_05000` is in the next step's. The batch changes it,
+    // then deletes the directory earlier.
+    a_step_beside_a_batch_that_deletes_again(
+        &pool,
+        Body::example("dsync.user.updated")
+            .id("event_user_changed_during")
+            .set("/data/id", "user_05000")
+            .set("/data/directory_id", DIRECTORY)
+            .at(ADDED)
+            .event(),
+        the_directory_deleted_earlier(),
+    )
+    .await?;
+    assert_the_directory_deleted_earlier(&pool).await
 }
 
 // ---- The repair of databases written by the old rules ----
