@@ -550,9 +550,12 @@ async fn a_directory_deletion_rewrites_its_users_and_memberships_without_touchin
 
 // ---- A large directory's deletion, in steps ----
 
-/// Users in the directory of the samples: more than one deletion step (5,000 rows) and not a
-/// multiple of it, each a member of two of `LARGE_GROUPS` groups.
-const LARGE_USERS: i64 = 12_345;
+/// The rows a deletion step walks at most.
+const STEP: i64 = dsyncd::directory::DELETION_STEP_ROWS;
+
+/// Users in the directory of the samples: two and a half deletion steps, not a multiple of one,
+/// each a member of two of `LARGE_GROUPS` groups.
+const LARGE_USERS: i64 = STEP * 5 / 2 - 1;
 const LARGE_GROUPS: i64 = 50;
 
 /// Fills the directory of the samples with `LARGE_USERS` users and their memberships, written
@@ -734,7 +737,7 @@ async fn a_large_directory_is_deleted_in_steps_of_bounded_transactions(
     let in_batch = updated_in(&mut tx).await?;
     tx.commit().await?;
     assert!(
-        matches!(&in_batch[..], [(table, n)] if table == "directory_users" && *n <= 5000),
+        matches!(&in_batch[..], [(table, n)] if table == "directory_users" && *n <= STEP),
         "the batch's own writes to the directory's rows: {in_batch:?}"
     );
     let tables = tables(&pool).await?;
@@ -763,8 +766,8 @@ async fn a_large_directory_is_deleted_in_steps_of_bounded_transactions(
     for step in &steps {
         assert_eq!(step.len(), 1, "one table a step: {steps:?}");
         assert!(
-            step[0].1 <= 5000,
-            "a step wrote more than 5,000 rows: {steps:?}"
+            step[0].1 <= STEP,
+            "a step wrote more than {STEP} rows: {steps:?}"
         );
     }
     // Every row once, in the batch or a step: the users but the one deleted before the
@@ -781,8 +784,8 @@ async fn a_large_directory_is_deleted_in_steps_of_bounded_transactions(
             ("directory_users", LARGE_USERS - 1),
         ]
     );
-    // Users in three walks of 5,000 at most (12,346 rows with the one created meanwhile), and
-    // memberships in five; groups in one.
+    // Users in three walks of a step at most, the batch's and two (two and a half steps with
+    // the one created meanwhile), and memberships in five; groups in one.
     assert_eq!(steps.len(), 2 + 1 + 5, "{steps:?}");
     // Everything at the directory's deletion time, except the user deleted before it; the
     // one deleted after it moved to it.
@@ -831,7 +834,7 @@ async fn an_earlier_deletion_of_a_directory_being_deleted_walks_it_again_from_th
     pool: PgPool,
 ) -> anyhow::Result<()> {
     a_large_directory_being_deleted(&pool).await?;
-    // Two steps: the walk is in the users' second half.
+    // Two steps: the walk is in the users' last half step.
     take_steps(&pool, 2).await?;
     // Another delivery of the deletion, dated earlier: every row moves to its time.
     apply(&pool, &[the_directory_deleted_earlier()]).await?;
@@ -887,7 +890,8 @@ async fn run_until_empty_also_finishes_the_deletions_under_way(pool: PgPool) -> 
     Ok(())
 }
 
-const LARGE_GROUP_MEMBERS: i64 = 12_345;
+/// Members of the large group: two and a half deletion steps.
+const LARGE_GROUP_MEMBERS: i64 = STEP * 5 / 2 - 1;
 
 /// The group of the samples with `LARGE_GROUP_MEMBERS` members, written straight into the
 /// table as their `user_added` events of 2021-06-27 would have left them, but for `user_00002`,
@@ -982,15 +986,15 @@ async fn a_large_group_is_deleted_in_steps_of_bounded_transactions(
     roll_back_a_step(&pool).await?;
 
     let steps = step_until_done(&pool).await?;
-    // 12,347 memberships in walks of 5,000; of them, each step rewrote only those it deletes:
+    // Two and a half steps of memberships, in three walks; each step rewrote only those it deletes:
     // all but the one removed earlier, the two added after the deletion and the one written
     // deleted meanwhile.
     assert_eq!(steps.len(), 3, "{steps:?}");
     let mut rewritten = 0;
     for step in &steps {
         assert!(
-            matches!(&step[..], [(table, n)] if table == "directory_group_memberships" && *n <= 5000),
-            "a step wrote more than 5,000 memberships, or another table: {steps:?}"
+            matches!(&step[..], [(table, n)] if table == "directory_group_memberships" && *n <= STEP),
+            "a step wrote more than {STEP} memberships, or another table: {steps:?}"
         );
         rewritten += step[0].1;
     }
@@ -1052,7 +1056,7 @@ async fn an_earlier_deletion_of_a_group_being_deleted_walks_it_again_from_the_st
     pool: PgPool,
 ) -> anyhow::Result<()> {
     a_large_group_being_deleted(&pool).await?;
-    // Two steps: the walk is in the group's last third.
+    // Two steps: the walk is in the group's last half step.
     take_steps(&pool, 2).await?;
     // Another delivery of the deletion, dated earlier.
     apply(&pool, &[the_group_deleted_earlier()]).await?;
@@ -1128,14 +1132,21 @@ async fn a_step_and_a_batch_that_deletes_the_directory_again_never_wait_for_each
     pool: PgPool,
 ) -> anyhow::Result<()> {
     a_large_directory_being_deleted(&pool).await?;
-    // The batch took the users' first 5,000 in the walk's order (those without `created_at`
-    // first, then by `created_at`); `user_05000` is in the next step's. The batch changes it,
-    // then deletes the directory earlier.
+    // The batch took the users' first step in the walk's order (those without `created_at`
+    // first, then by `created_at`); the batch changes one of the next step's, then deletes the
+    // directory earlier.
+    let next_steps_user: String = sqlx::query_scalar(
+        r#"SELECT id FROM workos.directory_users
+           ORDER BY COALESCE(created_at, 'epoch'), id COLLATE "C" OFFSET $1 LIMIT 1"#,
+    )
+    .bind(STEP)
+    .fetch_one(&pool)
+    .await?;
     a_step_beside_a_batch_that_deletes_again(
         &pool,
         Body::example("dsync.user.updated")
             .id("event_user_changed_during")
-            .set("/data/id", "user_05000")
+            .set("/data/id", next_steps_user)
             .set("/data/directory_id", DIRECTORY)
             .at(ADDED)
             .event(),
