@@ -72,37 +72,44 @@ impl EventHandler for DirectoryHandler {
         self.handle_batch(conn, &[event]).await
     }
 
-    /// One step of the oldest deletion under way that no other worker is stepping: of a
-    /// directory (`workos.directory_deletions`), up to [`DELETION_STEP_ROWS`] rows of one table;
-    /// when none is left, of a large group (`workos.group_deletions`), up to as many of its
-    /// memberships.
+    /// One step of the oldest deletion under way: of a directory (`workos.directory_deletions`),
+    /// up to [`DELETION_STEP_ROWS`] rows of one table; when none is left, of a large group
+    /// (`workos.group_deletions`), up to as many of its memberships. One deletion a
+    /// transaction: a step holds its directory's lock until it commits, and waits for no other
+    /// directory's meanwhile (a batch writing under both could hold that one and wait for this).
     async fn step(&self, conn: &mut PgConnection) -> Result<bool, HandlerError> {
-        if let Some(mut deletion) = steps::locked_deletion(conn, None).await? {
-            let step =
-                steps::deletion_step(conn, CHANGES_CHANNEL, &mut deletion, DELETION_STEP_ROWS)
-                    .await?;
-            tracing::debug!(
-                directory.id = %deletion.directory_id,
-                directory.changed_rows = step.changed,
-                directory.deleted = step.done,
-                "deletion step"
-            );
+        if let Some(directory_id) = steps::oldest_deletion(conn).await? {
+            if let Some(mut deletion) = steps::locked_deletion(conn, &directory_id).await? {
+                let step =
+                    steps::deletion_step(conn, CHANGES_CHANNEL, &mut deletion, DELETION_STEP_ROWS)
+                        .await?;
+                tracing::debug!(
+                    directory.id = %deletion.directory_id,
+                    directory.changed_rows = step.changed,
+                    directory.deleted = step.done,
+                    "deletion step"
+                );
+            }
             return Ok(true);
         }
-        if let Some(mut deletion) = steps::locked_group_deletion(conn).await? {
-            let step = steps::group_deletion_step(
-                conn,
-                CHANGES_CHANNEL,
-                &mut deletion,
-                DELETION_STEP_ROWS,
-            )
-            .await?;
-            tracing::debug!(
-                group.id = %deletion.group_id,
-                directory.changed_rows = step.changed,
-                group.deleted = step.done,
-                "group deletion step"
-            );
+        if let Some((group_id, directory_id)) = steps::oldest_group_deletion(conn).await? {
+            let locked =
+                steps::locked_group_deletion(conn, &group_id, directory_id.as_deref()).await?;
+            if let Some(mut deletion) = locked {
+                let step = steps::group_deletion_step(
+                    conn,
+                    CHANGES_CHANNEL,
+                    &mut deletion,
+                    DELETION_STEP_ROWS,
+                )
+                .await?;
+                tracing::debug!(
+                    group.id = %deletion.group_id,
+                    directory.changed_rows = step.changed,
+                    group.deleted = step.done,
+                    "group deletion step"
+                );
+            }
             return Ok(true);
         }
         Ok(false)
@@ -209,7 +216,7 @@ async fn delete_directory_in_batch(
     conn: &mut PgConnection,
     directory_id: &str,
 ) -> Result<u64, sqlx::Error> {
-    let Some(mut deletion) = steps::locked_deletion(conn, Some(directory_id)).await? else {
+    let Some(mut deletion) = steps::locked_deletion(conn, directory_id).await? else {
         return Ok(0);
     };
     let mut changed = 0;

@@ -97,28 +97,26 @@ pub(crate) async fn start_deletions(
     Ok(())
 }
 
-/// The oldest deletion under way (of `directory_id` only, if given), locked until this
-/// transaction ends together with its directory ([`lock_directory`]); `None` when there is none
-/// or another transaction is stepping it. A batch finds the one it recorded itself.
+/// The directory of the oldest deletion under way, if any; nothing is locked.
+pub(crate) async fn oldest_deletion(
+    conn: &mut PgConnection,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT directory_id FROM workos.directory_deletions ORDER BY started_at LIMIT 1"
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// The deletion under way of `directory_id`, locked until this transaction ends together with
+/// the directory ([`lock_directory`]); `None` when there is none (any more) or another
+/// transaction is stepping it. A batch finds the one it recorded itself. The transaction holds
+/// the directory's lock either way.
 pub(crate) async fn locked_deletion(
     conn: &mut PgConnection,
-    directory_id: Option<&str>,
+    directory_id: &str,
 ) -> Result<Option<DirectoryDeletion>, sqlx::Error> {
-    let directory_id = match directory_id {
-        Some(directory_id) => directory_id.to_owned(),
-        None => {
-            let oldest = sqlx::query_scalar!(
-                "SELECT directory_id FROM workos.directory_deletions ORDER BY started_at LIMIT 1"
-            )
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some(oldest) = oldest else {
-                return Ok(None);
-            };
-            oldest
-        }
-    };
-    lock_directory(conn, &directory_id).await?;
+    lock_directory(conn, directory_id).await?;
     let row = sqlx::query!(
         r#"
         SELECT directory_id, deleted_at, phase, after_at, after_id, after_user_id
@@ -465,13 +463,11 @@ pub(crate) async fn start_group_deletions(
     Ok(())
 }
 
-/// The oldest group deletion under way, locked until this transaction ends together with the
-/// group's directory ([`lock_directory`]); `None` when there is none or another transaction is
-/// stepping it.
-pub(crate) async fn locked_group_deletion(
+/// The oldest group deletion under way, if any, and the group's directory (that of its
+/// memberships: a group deleted in steps has thousands); nothing is locked.
+pub(crate) async fn oldest_group_deletion(
     conn: &mut PgConnection,
-) -> Result<Option<GroupDeletion>, sqlx::Error> {
-    // The group's directory is that of its memberships: a group in steps has thousands.
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
     let oldest = sqlx::query!(
         r#"
         SELECT d.group_id,
@@ -482,12 +478,20 @@ pub(crate) async fn locked_group_deletion(
         LIMIT 1
         "#
     )
-    .fetch_optional(&mut *conn)
+    .fetch_optional(conn)
     .await?;
-    let Some(oldest) = oldest else {
-        return Ok(None);
-    };
-    if let Some(directory_id) = &oldest.directory_id {
+    Ok(oldest.map(|oldest| (oldest.group_id, oldest.directory_id)))
+}
+
+/// The deletion under way of `group_id`, locked until this transaction ends together with the
+/// group's `directory_id` ([`lock_directory`]); `None` when there is none (any more) or another
+/// transaction is stepping it. The transaction holds the directory's lock either way.
+pub(crate) async fn locked_group_deletion(
+    conn: &mut PgConnection,
+    group_id: &str,
+    directory_id: Option<&str>,
+) -> Result<Option<GroupDeletion>, sqlx::Error> {
+    if let Some(directory_id) = directory_id {
         lock_directory(conn, directory_id).await?;
     }
     let row = sqlx::query!(
@@ -498,7 +502,7 @@ pub(crate) async fn locked_group_deletion(
         WHERE group_id = $1
         FOR UPDATE SKIP LOCKED
         "#,
-        oldest.group_id,
+        group_id,
     )
     .fetch_optional(conn)
     .await?;
