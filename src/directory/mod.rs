@@ -205,7 +205,7 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<u64, sqlx::Error>
 /// its rows and its directory's lock, and how many change notifications its commit queues
 /// (every notifying commit waits for that queueing). A step of 20,000 rows takes about 0.15 s;
 /// steps of 5,000 deleted a directory of 100,000 users and 300,000 memberships in 4.1-4.8 s,
-/// against 3.3 s in steps of 20,000, with other directories' events applied as promptly
+/// steps of 20,000 in 3.3-4.3 s, with other directories' events applied as promptly
 /// (BENCHMARKS.md, "Scale").
 pub const DELETION_STEP_ROWS: i64 = 20_000;
 
