@@ -15,7 +15,7 @@ use super::error::ApiError;
 use crate::config::ApiKey;
 
 /// What a request may see.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Every organization (no keys configured, or a key without `organization_ids`).
     All,

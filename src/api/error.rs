@@ -1,6 +1,8 @@
 //! The read API's errors, in the bodies WorkOS's SDKs expect (`API.md` §6): always a JSON
 //! object with `message` and `code`, served as `application/json`.
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -33,9 +35,16 @@ pub enum ApiError {
     /// 422: bad parameters.
     #[error("validation failed")]
     Validation(Vec<FieldError>),
-    /// 503: the database did not answer.
+    /// 503: the database did not answer. (Shared: one failed statement answers every
+    /// lookup it held, `lookup`.)
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(Arc<sqlx::Error>),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> ApiError {
+        ApiError::Database(Arc::new(error))
+    }
 }
 
 impl ApiError {

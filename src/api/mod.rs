@@ -5,7 +5,8 @@
 //!
 //! This module owns everything about it: the routes and their state (here), parameter
 //! validation and pagination (`params`), the JSON objects (`objects`), the queries
-//! (`sql`), API keys (`auth`) and the error bodies ([`ApiError`]). It only reads; the
+//! (`sql`), lookups by id that arrive together sharing one statement (`lookup`), API keys
+//! (`auth`) and the error bodies ([`ApiError`]). It only reads; the
 //! receiver, the worker and the directory handler know nothing of it. Its queries go to the
 //! pool it is given (`database.read_url` when set).
 //!
@@ -14,6 +15,7 @@
 
 mod auth;
 mod error;
+mod lookup;
 mod objects;
 mod params;
 mod sql;
@@ -32,10 +34,12 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use serde::Serialize;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use self::auth::{Keys, Scope};
-use self::objects::List;
+use self::lookup::Lookups;
+use self::objects::{DirectoryRow, GroupRow, List, UserJson};
 use self::params::{is_id, Filter, Page, Params};
 use self::sql::{Bound, DirectoryFilter, GroupsOf, Table, UsersOf};
 use crate::config::ApiConfig;
@@ -49,6 +53,10 @@ pub struct ReadApi {
 
 struct Inner {
     pool: PgPool,
+    /// The lookups by id (`lookup`), which share statements.
+    directories: Lookups<DirectoryRow>,
+    users: Lookups<UserJson>,
+    groups: Lookups<GroupRow>,
     keys: Keys,
     metrics: Arc<Metrics>,
 }
@@ -57,8 +65,12 @@ impl ReadApi {
     /// The read API on `pool` (the read replica's, when there is one), with the keys of
     /// `config`.
     pub fn new(pool: PgPool, config: &ApiConfig, metrics: Arc<Metrics>) -> ReadApi {
+        let slots = Arc::new(Semaphore::new(lookup_slots(&pool)));
         ReadApi {
             inner: Arc::new(Inner {
+                directories: Lookups::new(pool.clone(), slots.clone()),
+                users: Lookups::new(pool.clone(), slots.clone()),
+                groups: Lookups::new(pool.clone(), slots),
                 pool,
                 keys: Keys::new(&config.keys),
                 metrics,
@@ -104,6 +116,12 @@ impl ReadApi {
             .route_layer(axum::middleware::from_fn_with_state(self.clone(), observe))
             .with_state(self)
     }
+}
+
+/// How many lookup statements may run at once: half the pool's connections (at least one),
+/// so that lists always find the other half.
+fn lookup_slots(pool: &PgPool) -> usize {
+    (pool.options().get_max_connections() as usize / 2).max(1)
 }
 
 /// WorkOS-shaped 404 for paths that are not routes, for a listener serving only the read
@@ -243,7 +261,7 @@ async fn get_directory(
 ) -> Answer {
     const WHAT: &str = "Directory";
     let id = path_id(path).ok_or(ApiError::NotFound(WHAT))?;
-    let row = sql::directory(&api.inner.pool, &scope, &id).await?;
+    let row = api.inner.directories.get(scope, id).await?;
     row.map(|row| ok(&row)).ok_or(ApiError::NotFound(WHAT))
 }
 
@@ -293,7 +311,7 @@ async fn get_user(
 ) -> Answer {
     const WHAT: &str = "Directory User";
     let id = path_id(path).ok_or(ApiError::NotFound(WHAT))?;
-    let row = sql::user(&api.inner.pool, &scope, &id).await?;
+    let row = api.inner.users.get(scope, id).await?;
     row.map(|row| json_response(StatusCode::OK, row.json.into_bytes()))
         .ok_or(ApiError::NotFound(WHAT))
 }
@@ -327,6 +345,6 @@ async fn get_group(
 ) -> Answer {
     const WHAT: &str = "Directory Group";
     let id = path_id(path).ok_or(ApiError::NotFound(WHAT))?;
-    let row = sql::group(&api.inner.pool, &scope, &id).await?;
+    let row = api.inner.groups.get(scope, id).await?;
     row.map(|row| ok(&row)).ok_or(ApiError::NotFound(WHAT))
 }

@@ -63,7 +63,7 @@ struct Metadata {
 }
 
 /// A live row of `workos.directories`, with the counts of its live users and groups.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DirectoryRow {
     pub id: String,
     pub organization_id: Option<String>,
@@ -143,7 +143,7 @@ impl Serialize for DirectoryRow {
 
 /// A live row of `workos.directory_groups`. (In a user's `groups` the same object is built
 /// by the user's query: `sql::push_user_select`.)
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
     pub id: String,
     pub idp_id: Option<String>,
@@ -193,7 +193,7 @@ impl Serialize for GroupRow {
 
 /// A live user as the JSON text of its whole `directory_user` object (with `groups`), built
 /// by its query (`sql::user`, `sql::users`): served as it comes, never parsed.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserJson {
     pub id: String,
     pub json: String,

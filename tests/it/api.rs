@@ -543,6 +543,75 @@ async fn gets_return_what_the_events_said(pool: PgPool) {
     app.stop().await;
 }
 
+/// Every by-id path the world has, and some it has not.
+fn get_paths(world: &World) -> Vec<String> {
+    let mut paths: Vec<String> = world
+        .users
+        .iter()
+        .map(|user| user["id"].as_str().unwrap().to_owned())
+        .chain([world.user_b.clone(), "directory_user_unknown".to_owned()])
+        .map(|id| format!("/directory_users/{id}"))
+        .collect();
+    for group in [GROUP, EMPTY_GROUP, GROUP_B, "directory_group_unknown"] {
+        paths.push(format!("/directory_groups/{group}"));
+    }
+    for directory in [DIR_A, DIR_B, "directory_unknown"] {
+        paths.push(format!("/directories/{directory}"));
+    }
+    paths
+}
+
+async fn get_answer(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
+    let response = app
+        .client
+        .get(format!("{}{path}", app.address))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[sqlx::test]
+async fn a_get_answers_the_same_alone_or_among_hundreds_at_once(pool: PgPool) {
+    let world = world(&pool).await;
+    let mut config = TestApp::config();
+    config.api.keys = keys();
+    // One lookup statement at a time: concurrent gets share it (src/api/lookup.rs).
+    config.database.max_connections = 2;
+    let app = TestApp::spawn_with(pool, config, Role::Api).await;
+    let mut requests = Vec::new();
+    for key in [KEY_ALL, KEY_A] {
+        for path in get_paths(&world) {
+            requests.push((key, path));
+        }
+    }
+    // One at a time, each its own statement.
+    let mut alone = Vec::new();
+    for (key, path) in &requests {
+        alone.push(get_answer(&app, path, key).await);
+    }
+    let found = alone.iter().filter(|(status, _)| *status == 200).count();
+    let not_found = alone.iter().filter(|(status, _)| *status == 404).count();
+    // The key of all: 29 live users, 3 groups, 2 directories; key A: those of org A only.
+    assert_eq!(requests.len(), 78);
+    assert_eq!((found, not_found), ((29 + 3 + 2) + (28 + 2 + 1), 78 - 65));
+    // Three times over, all at once: lookups of both scopes, of the same ids, and of none.
+    let together = futures_util::future::join_all(
+        requests
+            .iter()
+            .cycle()
+            .take(requests.len() * 3)
+            .map(|(key, path)| get_answer(&app, path, key)),
+    )
+    .await;
+    for (n, answer) in together.iter().enumerate() {
+        let (key, path) = &requests[n % requests.len()];
+        assert_eq!(answer, &alone[n % requests.len()], "{path} with {key}");
+    }
+    app.stop().await;
+}
+
 #[sqlx::test]
 async fn deleted_and_unknown_objects_are_the_sdks_not_found(pool: PgPool) {
     let world = world(&pool).await;
