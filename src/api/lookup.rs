@@ -9,9 +9,9 @@
 //! its own, and answers each of them.
 //!
 //! With one request at a time nothing waits: it finds a slot free, and runs its statement for
-//! its own id itself. Under load the slots are busy and lookups gather while they wait for one, as
-//! deliveries do for the receiver's group commit (`ingest`). A request that leaves (its client
-//! hung up) leaves its lookup queued; it is answered to nobody.
+//! its own id itself. Under load the slots are busy and lookups gather while they wait for
+//! one, as deliveries do for the receiver's group commit (`ingest`). A request that leaves (its
+//! client hung up) leaves its lookup queued; it is left out of the statement that takes it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
