@@ -16,6 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -59,6 +60,7 @@ pub struct Lookups<R> {
     pool: PgPool,
     queue: Arc<Mutex<Queue<R>>>,
     slots: Arc<Semaphore>,
+    patience: Duration,
 }
 
 impl<R> Clone for Lookups<R> {
@@ -67,13 +69,16 @@ impl<R> Clone for Lookups<R> {
             pool: self.pool.clone(),
             queue: self.queue.clone(),
             slots: self.slots.clone(),
+            patience: self.patience,
         }
     }
 }
 
 impl<R: ById> Lookups<R> {
-    /// Lookups on `pool`, whose statements take `slots` (shared with other kinds of rows).
-    pub fn new(pool: PgPool, slots: Arc<Semaphore>) -> Lookups<R> {
+    /// Lookups on `pool`, whose statements take `slots` (shared with other kinds of rows). A
+    /// lookup that has to queue is answered within `patience` or fails (503), as one waiting
+    /// for a connection and then for its statement would.
+    pub fn new(pool: PgPool, slots: Arc<Semaphore>, patience: Duration) -> Lookups<R> {
         Lookups {
             pool,
             queue: Arc::new(Mutex::new(Queue {
@@ -81,6 +86,7 @@ impl<R: ById> Lookups<R> {
                 next_seq: 0,
             })),
             slots,
+            patience,
         }
     }
 
@@ -90,7 +96,7 @@ impl<R: ById> Lookups<R> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return self.alone(slot, scope, id).await;
         }
-        let (reply, mut answer) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         let seq = {
             let mut queue = self
                 .queue
@@ -106,6 +112,19 @@ impl<R: ById> Lookups<R> {
             });
             seq
         };
+        let answered = tokio::time::timeout(self.patience, self.wait_in_queue(seq, answer)).await;
+        // Given up: a statement that took the lookup answers nobody, and one that has not yet
+        // taken it leaves it out.
+        answered.unwrap_or(Err(ApiError::Database(Arc::new(sqlx::Error::PoolTimedOut))))
+    }
+
+    /// Waits for the answer to the queued lookup `seq`, or for a slot to take it (and those
+    /// queued with it) into a statement.
+    async fn wait_in_queue(
+        &self,
+        seq: u64,
+        mut answer: oneshot::Receiver<Reply<R>>,
+    ) -> Result<Option<R>, ApiError> {
         loop {
             tokio::select! {
                 biased;
@@ -242,6 +261,8 @@ mod tests {
         }
     }
 
+    const PATIENCE: Duration = Duration::from_secs(30);
+
     fn limited() -> Scope {
         Scope::Organizations(vec!["org_a".to_owned()].into())
     }
@@ -267,7 +288,7 @@ mod tests {
 
     #[sqlx::test(migrations = false)]
     async fn a_lookup_alone_goes_at_once_in_a_statement_of_its_own(pool: PgPool) {
-        let lookups = Lookups::<Found>::new(pool, Arc::new(Semaphore::new(1)));
+        let lookups = Lookups::<Found>::new(pool, Arc::new(Semaphore::new(1)), PATIENCE);
         let found = lookups.get(Scope::All, "user_1".into()).await.unwrap();
         let found = found.expect("found");
         assert_eq!((found.id.as_str(), found.ids), ("user_1", 1));
@@ -278,7 +299,7 @@ mod tests {
     #[sqlx::test(migrations = false)]
     async fn lookups_that_wait_together_share_statements_of_their_scope(pool: PgPool) {
         let slots = Arc::new(Semaphore::new(1));
-        let lookups = Lookups::<Found>::new(pool, slots.clone());
+        let lookups = Lookups::<Found>::new(pool, slots.clone(), PATIENCE);
         // The one slot is busy: 250 lookups gather behind it, in two scopes, some of them
         // the same id, some finding nothing.
         let busy = slots.clone().acquire_owned().await.unwrap();
@@ -338,7 +359,7 @@ mod tests {
     #[sqlx::test(migrations = false)]
     async fn a_failed_statement_fails_only_the_lookups_it_held(pool: PgPool) {
         let slots = Arc::new(Semaphore::new(1));
-        let lookups = Lookups::<Found>::new(pool, slots.clone());
+        let lookups = Lookups::<Found>::new(pool, slots.clone(), PATIENCE);
         let busy = slots.clone().acquire_owned().await.unwrap();
         let wanted = [
             (Scope::All, "user_1".to_owned()),
@@ -359,5 +380,32 @@ mod tests {
         // The slot is free again.
         let found = lookups.get(limited(), "user_4".into()).await.unwrap();
         assert_eq!(found.unwrap().ids, 1);
+    }
+    #[sqlx::test(migrations = false)]
+    async fn a_lookup_that_waits_longer_than_its_patience_fails_and_is_left_out(pool: PgPool) {
+        let slots = Arc::new(Semaphore::new(1));
+        let patience = Duration::from_millis(200);
+        let lookups = Lookups::<Found>::new(pool, slots.clone(), patience);
+        let busy = slots.clone().acquire_owned().await.unwrap();
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(10 * patience, lookups.get(Scope::All, "user_1".into()))
+            .await
+            .expect("given up within its patience");
+        assert!(matches!(
+            answer,
+            Err(ApiError::Database(ref error)) if matches!(**error, sqlx::Error::PoolTimedOut)
+        ));
+        assert!(started.elapsed() >= patience);
+        // It stays queued until a slot takes it, and then is left out of the statement.
+        assert_eq!(lookups.queued(), 1);
+        let waiting = lookups.clone();
+        let task = tokio::spawn(async move { waiting.get(Scope::All, "user_2".into()).await });
+        while lookups.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(busy);
+        let found = task.await.unwrap().unwrap().unwrap();
+        assert_eq!((found.id.as_str(), found.ids), ("user_2", 1));
+        assert_eq!(lookups.queued(), 0);
     }
 }

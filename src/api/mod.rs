@@ -66,11 +66,14 @@ impl ReadApi {
     /// `config`.
     pub fn new(pool: PgPool, config: &ApiConfig, metrics: Arc<Metrics>) -> ReadApi {
         let slots = Arc::new(Semaphore::new(lookup_slots(&pool)));
+        // As long as a get waited for a connection and then for its statement: both are
+        // bounded by database.timeout_ms.
+        let patience = 2 * pool.options().get_acquire_timeout();
         ReadApi {
             inner: Arc::new(Inner {
-                directories: Lookups::new(pool.clone(), slots.clone()),
-                users: Lookups::new(pool.clone(), slots.clone()),
-                groups: Lookups::new(pool.clone(), slots),
+                directories: Lookups::new(pool.clone(), slots.clone(), patience),
+                users: Lookups::new(pool.clone(), slots.clone(), patience),
+                groups: Lookups::new(pool.clone(), slots, patience),
                 pool,
                 keys: Keys::new(&config.keys),
                 metrics,
