@@ -4,11 +4,11 @@
 //! §1–4 and §6 is the contract; README.md shows how to point each SDK here.
 //!
 //! This module owns everything about it: the routes and their state (here), parameter
-//! validation and pagination (`params`), the JSON objects (`objects`), the queries
-//! (`sql`), lookups by id that arrive together sharing one statement (`lookup`), API keys
-//! (`auth`) and the error bodies ([`ApiError`]). It only reads; the
-//! receiver, the worker and the directory handler know nothing of it. Its queries go to the
-//! pool it is given (`database.read_url` when set).
+//! validation and pagination (`params`), the JSON objects (`objects`), the queries (`sql`),
+//! lookups by id that arrive together sharing one statement (`lookup`), API keys (`auth`) and
+//! the error bodies ([`ApiError`]). It only reads; the receiver, the worker and the directory
+//! handler know nothing of it. Its queries go to the pool it is given (`database.read_url`
+//! when set).
 //!
 //! Only live rows are served (`deleted_at IS NULL`); a key limited to organizations sees
 //! only rows of those organizations, everything else being 404 or absent from lists.
