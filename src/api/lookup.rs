@@ -10,8 +10,9 @@
 //!
 //! With one request at a time nothing waits: it finds a slot free, and runs its statement for
 //! its own id itself. Under load the slots are busy and lookups gather while they wait for
-//! one, as deliveries do for the receiver's group commit (`ingest`). A request that leaves (its
-//! client hung up) leaves its lookup queued; it is left out of the statement that takes it.
+//! one, as deliveries do for the receiver's group commit (`ingest`). A request that ends
+//! without its answer (it gave up, or its client hung up) takes its lookup out of the queue,
+//! or out of the statement that took it already.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -112,9 +113,10 @@ impl<R: ById> Lookups<R> {
             });
             seq
         };
+        // However this request ends (answered, given up, or dropped when its client hangs up),
+        // its lookup does not stay queued.
+        let _leave = Leave { lookups: self, seq };
         let answered = tokio::time::timeout(self.patience, self.wait_in_queue(seq, answer)).await;
-        // Given up: a statement that took the lookup answers nobody, and one that has not yet
-        // taken it leaves it out.
         answered.unwrap_or(Err(ApiError::Database(Arc::new(sqlx::Error::PoolTimedOut))))
     }
 
@@ -185,6 +187,27 @@ impl<R: ById> Lookups<R> {
             .expect("the queue's lock is never poisoned");
         let n = queue.jobs.len().min(MAX_IDS);
         queue.jobs.drain(..n).collect()
+    }
+}
+
+/// Takes a request's lookup out of the queue when the request ends, if no statement took it.
+struct Leave<'a, R> {
+    lookups: &'a Lookups<R>,
+    seq: u64,
+}
+
+impl<R> Drop for Leave<'_, R> {
+    fn drop(&mut self) {
+        // Never poisoned (nothing panics while holding it); a drop must not panic anyway.
+        let mut queue = self
+            .lookups
+            .queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The queue is in `seq` order.
+        if let Ok(at) = queue.jobs.binary_search_by_key(&self.seq, |job| job.seq) {
+            queue.jobs.remove(at);
+        }
     }
 }
 
@@ -320,12 +343,10 @@ mod tests {
             gone.abort();
             assert!(gone.await.unwrap_err().is_cancelled());
         }
-        let wanted: Vec<_> = wanted
-            .into_iter()
-            .enumerate()
-            .filter(|(n, _)| ![0, 3].contains(n))
-            .map(|(_, lookup)| lookup)
-            .collect();
+        // They took their lookups with them.
+        let stayed: Vec<i32> = (0..250).filter(|n| ![0, 3].contains(n)).collect();
+        assert_eq!(lookups.queued(), stayed.len());
+        let wanted: Vec<_> = stayed.iter().map(|n| wanted[*n as usize].clone()).collect();
         drop(busy);
 
         let mut statements = HashMap::new();
@@ -340,15 +361,13 @@ mod tests {
             assert_eq!(found.scope, format!("{scope:?}"));
             statements.insert(found.statement, (found.scope, found.ids));
         }
-        // Taken MAX_IDS at a time from the queue's front (the two that went away were in
-        // the first take, and are left out of it), each take split by scope.
+        // Taken MAX_IDS at a time from the queue's front, each take split by scope.
         let mut sizes: Vec<i32> = statements.values().map(|(_, ids)| *ids).collect();
         sizes.sort();
         let mut expected = Vec::new();
-        for take in (0..250).collect::<Vec<i32>>().chunks(MAX_IDS) {
+        for take in stayed.chunks(MAX_IDS) {
             for scope in [0, 1] {
-                let of_scope = take.iter().filter(|n| *n % 2 == scope);
-                expected.push(of_scope.filter(|n| ![0, 3].contains(*n)).count() as i32);
+                expected.push(take.iter().filter(|n| *n % 2 == scope).count() as i32);
             }
         }
         expected.sort();
@@ -382,7 +401,7 @@ mod tests {
         assert_eq!(found.unwrap().ids, 1);
     }
     #[sqlx::test(migrations = false)]
-    async fn a_lookup_that_waits_longer_than_its_patience_fails_and_is_left_out(pool: PgPool) {
+    async fn a_lookup_that_waits_longer_than_its_patience_fails_and_leaves_the_queue(pool: PgPool) {
         let slots = Arc::new(Semaphore::new(1));
         let patience = Duration::from_millis(200);
         let lookups = Lookups::<Found>::new(pool, slots.clone(), patience);
@@ -396,11 +415,11 @@ mod tests {
             Err(ApiError::Database(ref error)) if matches!(**error, sqlx::Error::PoolTimedOut)
         ));
         assert!(started.elapsed() >= patience);
-        // It stays queued until a slot takes it, and then is left out of the statement.
-        assert_eq!(lookups.queued(), 1);
+        // It left the queue: the next statement holds only the next lookup.
+        assert_eq!(lookups.queued(), 0);
         let waiting = lookups.clone();
         let task = tokio::spawn(async move { waiting.get(Scope::All, "user_2".into()).await });
-        while lookups.queued() < 2 {
+        while lookups.queued() < 1 {
             tokio::task::yield_now().await;
         }
         drop(busy);
