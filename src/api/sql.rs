@@ -333,13 +333,20 @@ fn users_query(
                 " FROM workos.directory_users u WHERE u.deleted_at IS NULL AND u.directory_id = ",
             );
             query.push_bind(id.clone());
-            if let Some(email) = email {
-                query.push(" AND u.email = ");
-                query.push_bind(email.clone());
-            }
-            if let Some(idp_id) = idp_id {
-                query.push(" AND u.idp_id = ");
-                query.push_bind(idp_id.clone());
+            // Each lookup also states its hash index's expression (migration 0012), which the
+            // planner matches as written.
+            for (column, value) in [("email", email), ("idp_id", idp_id)] {
+                if let Some(value) = value {
+                    query.push(format_args!(" AND u.{column} = "));
+                    query.push_bind(value.clone());
+                    query.push(format_args!(
+                        " AND (u.directory_id || ' ' || u.{column}) = ("
+                    ));
+                    query.push_bind(id.clone());
+                    query.push(" || ' ' || ");
+                    query.push_bind(value.clone());
+                    query.push(")");
+                }
             }
         }
         UsersOf::Group(group) => {
@@ -478,6 +485,71 @@ mod tests {
         assert_eq!(
             users_by_id_query(&Scope::All, vec!["directory_user_read_1".into()]).sql(),
             bench_statement("read_get.sql", &["'directory_user_read_' || :n::text"])
+        );
+    }
+
+    /// The plan of a list of users, as the read API binds it.
+    async fn plan(pool: &PgPool, of: UsersOf) -> String {
+        use sqlx::Execute;
+        let page = Page {
+            limit: 10,
+            order: Order::Asc,
+            cursor: None,
+        };
+        let mut query = users_query(&Scope::All, &of, &page, None);
+        let mut query = query.build();
+        let arguments = query.take_arguments().unwrap().unwrap();
+        let explain = format!("EXPLAIN (FORMAT JSON, COSTS OFF) {}", query.sql());
+        let plan: serde_json::Value = sqlx::query_scalar_with(&explain, arguments)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        plan.to_string()
+    }
+
+    #[sqlx::test]
+    async fn a_lookup_by_email_or_idp_id_reads_one_bucket_of_its_hash_index(pool: PgPool) {
+        // 50 SCIM-like directories whose users share idp_ids "1" to "400", and emails.
+        sqlx::query(
+            "INSERT INTO workos.directory_users (id, directory_id, idp_id, email, created_at,
+                 updated_at, last_event_id, last_event)
+             SELECT 'directory_user_' || d || '_' || n, 'directory_' || d, n::text,
+                 'user' || n || '@example.com', now(), now(), 'event_' || d || '_' || n,
+                 'dsync.user.created'
+             FROM generate_series(1, 50) AS d, generate_series(1, 400) AS n",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("ANALYZE workos.directory_users")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let by_email = plan(
+            &pool,
+            UsersOf::Directory {
+                id: "directory_7".into(),
+                email: Some("user12@example.com".into()),
+                idp_id: None,
+            },
+        )
+        .await;
+        assert!(
+            by_email.contains("directory_users_email_hash_idx"),
+            "{by_email}"
+        );
+        let by_idp_id = plan(
+            &pool,
+            UsersOf::Directory {
+                id: "directory_7".into(),
+                email: None,
+                idp_id: Some("12".into()),
+            },
+        )
+        .await;
+        assert!(
+            by_idp_id.contains("directory_users_idp_id_hash_idx"),
+            "{by_idp_id}"
         );
     }
 }
