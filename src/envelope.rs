@@ -107,22 +107,15 @@ impl<'a> Envelope<'a> {
 }
 
 /// The deepest nesting of `[` and `{` outside strings. Cheap enough to run on every body:
-/// serde_json skips `data` without a depth limit, and Postgres has one.
+/// serde_json skips `data` without a depth limit, and Postgres has one. Strings, most of a
+/// body, are skipped a quote or backslash at a time (`memchr`), not byte by byte.
 fn nesting_depth(body: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in body {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut rest = body;
+    while let Some((&byte, after)) = rest.split_first() {
+        rest = after;
         match byte {
-            b'"' => in_string = true,
+            b'"' => rest = after_string(rest),
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -132,6 +125,18 @@ fn nesting_depth(body: &[u8]) -> usize {
         }
     }
     deepest
+}
+
+/// What follows the string whose opening quote preceded `rest` (nothing if it never closes).
+fn after_string(mut rest: &[u8]) -> &[u8] {
+    while let Some(at) = memchr::memchr2(b'"', b'\\', rest) {
+        if rest[at] == b'"' {
+            return &rest[at + 1..];
+        }
+        // A backslash escapes the byte after it, a quote included.
+        rest = rest.get(at + 2..).unwrap_or_default();
+    }
+    &[]
 }
 
 fn check_field(field: &'static str, value: &str) -> Result<(), EnvelopeError> {
@@ -326,6 +331,47 @@ mod tests {
     fn counts_nesting_outside_strings_only() {
         assert_eq!(nesting_depth(br#"{"a":[1,{"b":"[[[{{"}]}"#), 3);
         assert_eq!(nesting_depth(br#"{"a":"\\\"[["}"#), 1);
+        assert_eq!(nesting_depth(br#"{"a":"\\\\"},[["#), 2);
+        // An unterminated string ends the count.
+        assert_eq!(nesting_depth(br#"{"a":["[[[\""#), 2);
+        assert_eq!(nesting_depth(br#"{"a":["\"#), 2);
+    }
+
+    #[test]
+    fn counts_nesting_as_a_byte_at_a_time_walk_does() {
+        // The plain definition: every byte in turn, tracking strings and escapes.
+        fn walk(body: &[u8]) -> usize {
+            let (mut depth, mut deepest) = (0usize, 0usize);
+            let (mut in_string, mut escaped) = (false, false);
+            for &byte in body {
+                match byte {
+                    _ if escaped => escaped = false,
+                    b'\\' if in_string => escaped = true,
+                    b'"' => in_string = !in_string,
+                    _ if in_string => {}
+                    b'[' | b'{' => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
+                    b']' | b'}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+            deepest
+        }
+        let sample = include_str!("../samples/dsync.user.created.json");
+        let mut bodies = vec![sample.as_bytes().to_vec()];
+        // Every prefix of a body dense in escapes, quotes and brackets.
+        let dense = br#"{"a":["x\"[",{"b":"\\"},[[{"c":"]\\\"{"}]],"\u005b"],"d":{}}"#;
+        bodies.extend((0..=dense.len()).map(|end| dense[..end].to_vec()));
+        for body in bodies {
+            assert_eq!(
+                nesting_depth(&body),
+                walk(&body),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
     }
 
     #[test]
