@@ -3,7 +3,7 @@
 -- idp_id)` (migration 0008) took a third of the time of the worker's user upsert: every new user
 -- is a descent of each, comparing text at every level, to a page at a random place. A hash
 -- index stores a 4-byte hash and finds its bucket without comparing; the same upsert of 120,000
--- users took 15-20 % less time with hash indexes in their place (BENCHMARKS.md, "Scale").
+-- users took 12-22 % less time with hash indexes in their place (BENCHMARKS.md, "Scale").
 --
 -- Lookups only need equality, and a hash index holds one column, so each hashes the directory
 -- and the value together: a value that many directories' users share (an `idp_id` of "1" in
