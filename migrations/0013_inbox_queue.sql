@@ -30,6 +30,10 @@ CREATE TABLE workos.inbox_queue (
     last_error   text
 );
 CREATE INDEX inbox_queue_turn_idx ON workos.inbox_queue (turn_at);
+-- A queue that the workers keep up with is often empty at its end: a vacuum would then try to
+-- cut those pages off, which takes a lock that holds off the receivers' inserts and the claims.
+-- The pages are reused instead. The workers vacuum the queue while they drain it (`worker`).
+ALTER TABLE workos.inbox_queue SET (vacuum_truncate = false);
 
 CREATE TABLE workos.inbox_finished (
     id          text        NOT NULL,

@@ -109,6 +109,25 @@ async fn handled_events_end_done_and_the_rest_ignored(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn vacuuming_the_queue_removes_what_finished_events_left(pool: PgPool) {
+    let ids: Vec<String> = (0..500).map(|n| format!("e{n:03}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    store(&pool, &ids, "dsync.user.created").await;
+    let worker = Worker::new(pool.clone(), config());
+    assert_eq!(worker.run_until_empty().await.unwrap().finished, 500);
+    // The 500 finished events left 500 dead queue rows; the vacuum takes them all.
+    inbox::vacuum_queue(&pool).await.unwrap();
+    let (vacuums, dead): (i64, i64) = sqlx::query_as(
+        "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables
+         WHERE schemaname = 'workos' AND relname = 'inbox_queue'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((vacuums, dead), (1, 0));
+}
+
+#[sqlx::test]
 async fn a_redelivery_of_a_finished_event_is_not_applied_again(pool: PgPool) {
     prepare(&pool).await;
     store(&pool, &["e1"], "dsync.user.created").await;
