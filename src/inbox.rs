@@ -261,12 +261,16 @@ impl Finish {
     }
 }
 
-/// Finishes claimed rows, in the transaction that claimed and applied them: their queue rows
-/// go, their outcomes are appended.
+/// Finishes claimed rows, in the transaction that claimed and applied them, and at its top
+/// level, not in a savepoint (a row locked by a transaction and deleted by a subtransaction of
+/// it gets a MultiXact, see `worker`): their queue rows go, their outcomes are appended.
 pub async fn finish(
     conn: &mut PgConnection,
     rows: &[(&Claimed, Finish)],
 ) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let slots: Vec<&str> = rows.iter().map(|(row, _)| row.slot.as_str()).collect();
     let statuses: Vec<&str> = rows.iter().map(|(_, finish)| finish.as_str()).collect();
     sqlx::query!(

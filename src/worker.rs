@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Executor, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -311,8 +311,9 @@ impl Worker {
             return Ok((report, Vec::new()));
         }
         match self.apply(conn, &events).await {
-            Ok(()) => {
-                report.finished += events.len();
+            Ok(finishes) => {
+                inbox::finish(conn, &finishes).await?;
+                report.finished += finishes.len();
                 return Ok((report, events.iter().map(|(row, _)| *row).collect()));
             }
             Err(error) if events.len() > 1 => {
@@ -324,7 +325,7 @@ impl Worker {
                 return Ok((report, Vec::new()));
             }
         }
-        let mut applied = Vec::with_capacity(events.len());
+        let mut finishes = Vec::with_capacity(events.len());
         for (row, event) in &events {
             let span =
                 tracing::info_span!("event", event.id = %event.id, event.type = %event.event);
@@ -333,17 +334,16 @@ impl Worker {
                 .instrument(span)
                 .await
             {
-                Ok(()) => {
-                    report.finished += 1;
-                    applied.push(*row);
-                }
+                Ok(finished) => finishes.extend(finished),
                 Err(error) => {
                     self.record_failure(conn, row, &error).await?;
                     report.failed += 1;
                 }
             }
         }
-        Ok((report, applied))
+        inbox::finish(conn, &finishes).await?;
+        report.finished += finishes.len();
+        Ok((report, finishes.iter().map(|(row, _)| *row).collect()))
     }
 
     fn count_applied(&self, applied: &[&Claimed]) {
@@ -355,31 +355,42 @@ impl Worker {
         }
     }
 
-    /// Applies events and finishes their rows inside a savepoint: if anything fails, what
-    /// they wrote is undone and the claim (the transaction around it) still holds.
-    async fn apply(
+    /// Applies events inside a savepoint, and returns how each of their rows is to be finished:
+    /// if anything fails, what they wrote is undone and the claim (the transaction around it)
+    /// still holds.
+    ///
+    /// Either way the savepoint is released, and the caller finishes the rows (or records the
+    /// failure) at the top level of the transaction that claimed them. `ROLLBACK TO SAVEPOINT`
+    /// alone would leave the savepoint open, and every later statement of the batch nested in
+    /// it, one level deeper for each event that fails. And a row locked by a transaction and
+    /// updated by one of its subtransactions gets a MultiXact for its `xmax`: one more to
+    /// freeze, and a dead version that index scans cannot tell is dead, so that they never
+    /// mark its entry in the claim index as such and every claim walks past it again until the
+    /// page is pruned or vacuumed (BENCHMARKS.md, "Scale").
+    async fn apply<'a>(
         &self,
         conn: &mut PgConnection,
-        events: &[(&Claimed, Event)],
-    ) -> Result<(), HandlerError> {
-        let mut savepoint = conn.begin().await?;
-        match self.apply_all(&mut savepoint, events).await {
-            Ok(()) => {
-                savepoint.commit().await?;
-                Ok(())
+        events: &[(&'a Claimed, Event)],
+    ) -> Result<Vec<(&'a Claimed, Finish)>, HandlerError> {
+        conn.execute("SAVEPOINT apply").await?;
+        match self.apply_all(conn, events).await {
+            Ok(finishes) => {
+                conn.execute("RELEASE SAVEPOINT apply").await?;
+                Ok(finishes)
             }
             Err(error) => {
-                savepoint.rollback().await?;
+                conn.execute("ROLLBACK TO SAVEPOINT apply; RELEASE SAVEPOINT apply")
+                    .await?;
                 Err(error)
             }
         }
     }
 
-    async fn apply_all(
+    async fn apply_all<'a>(
         &self,
         conn: &mut PgConnection,
-        events: &[(&Claimed, Event)],
-    ) -> Result<(), HandlerError> {
+        events: &[(&'a Claimed, Event)],
+    ) -> Result<Vec<(&'a Claimed, Finish)>, HandlerError> {
         let mut finishes: Vec<(&Claimed, Finish)> = events
             .iter()
             .map(|(row, _)| (*row, Finish::Ignored))
@@ -396,8 +407,7 @@ impl Worker {
                 handler.handle_batch(conn, &mine).await?;
             }
         }
-        inbox::finish(conn, &finishes).await?;
-        Ok(())
+        Ok(finishes)
     }
 
     async fn record_failure(

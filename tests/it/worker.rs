@@ -658,3 +658,37 @@ async fn a_claim_walks_the_claim_index_even_when_statistics_say_the_inbox_is_emp
         .unwrap();
     assert_eq!(sorts, "on");
 }
+
+/// Row versions of the inbox's queue whose `xmax` is a MultiXact (read from its pages).
+async fn multixact_versions(pool: &PgPool) -> i64 {
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM generate_series(0, pg_relation_size('workos.inbox_queue') / 8192 - 1) AS page,
+             heap_page_items(get_raw_page('workos.inbox_queue', page::int))
+         WHERE t_infomask & 4096 <> 0", // HEAP_XMAX_IS_MULTI
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn finishing_events_leaves_no_multixact_on_their_rows(pool: PgPool) {
+    // A queue row locked by the claim and deleted in a savepoint, or after a rollback to one
+    // (which leaves it open), gets a MultiXact for its `xmax`: one more to freeze, and a dead
+    // version that index scans cannot tell is dead, so that every claim walks past its entry in
+    // the claim index again (BENCHMARKS.md, "Scale").
+    prepare(&pool).await;
+    store(&pool, &["e1", "e2"], "dsync.user.created").await;
+    let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
+    worker.run_until_empty().await.unwrap();
+    // A batch that fails is applied event by event; its rows are finished the same way.
+    store(&pool, &["e3", "fail_1", "e4"], "dsync.user.updated").await;
+    worker.run_until_empty().await.unwrap();
+    assert_eq!(status(&pool, "e4").await.0, "done");
+    assert_eq!(status(&pool, "fail_1").await.0, "pending");
+    assert_eq!(multixact_versions(&pool).await, 0);
+}
