@@ -2,7 +2,8 @@
 -- rows in SQL (INSERT … SELECT generate_series), much faster than posting them: the deliveries
 -- look like the load generator's (samples/dsync.user.created.json padded to ~1 KB), spread over
 -- many directories. They work on the schema of any dsyncd release (a stored backlog's rows all
--- take the turn of their arrival, where migration 0009's `turn_at` exists).
+-- take the turn of their arrival, where migration 0009's `turn_at` exists; since migration 0013
+-- the events' states are rows of `workos.inbox_queue` and `workos.inbox_finished`).
 CREATE SCHEMA IF NOT EXISTS bench;
 
 -- The body of user event number `n` of directory `directory`, about 1 KB.
@@ -28,12 +29,12 @@ $$;
 CREATE FUNCTION bench.fill_inbox(prefix text, count bigint, directories int,
                                  finished_from timestamptz DEFAULT NULL,
                                  finished_to timestamptz DEFAULT NULL)
-RETURNS void LANGUAGE sql AS $$
-    INSERT INTO workos.inbox (id, event, payload, status, attempts, received_at, available_at,
-                              finished_at)
-    SELECT 'event_' || prefix || '_' || lpad(g::text, 8, '0'), 'dsync.user.created',
-           bench.user_event(prefix, g, 'directory_' || prefix || '_' || (g % directories)),
-           s.status, s.attempts, s.at, s.at, s.finished
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    CREATE TEMPORARY TABLE fill ON COMMIT DROP AS
+    SELECT 'event_' || prefix || '_' || lpad(g::text, 8, '0') AS id,
+           bench.user_event(prefix, g, 'directory_' || prefix || '_' || (g % directories)) AS payload,
+           s.status, s.attempts, s.at, s.finished
     FROM generate_series(0, count - 1) AS g,
          LATERAL (
              SELECT CASE WHEN finished_from IS NULL THEN 'pending' ELSE 'done' END AS status,
@@ -42,6 +43,20 @@ RETURNS void LANGUAGE sql AS $$
                              now()) AS at,
                     finished_from + (finished_to - finished_from) * (g::float8 / count) AS finished
          ) AS s;
+    IF to_regclass('workos.inbox_queue') IS NULL THEN
+        INSERT INTO workos.inbox (id, event, payload, status, attempts, received_at, available_at,
+                                  finished_at)
+        SELECT id, 'dsync.user.created', payload, status, attempts, at, at, finished FROM fill;
+    ELSE
+        INSERT INTO workos.inbox (id, event, payload, received_at)
+        SELECT id, 'dsync.user.created', payload, at FROM fill;
+        INSERT INTO workos.inbox_queue (id, received_at, turn_at, available_at)
+        SELECT id, at, at, at FROM fill WHERE finished IS NULL;
+        INSERT INTO workos.inbox_finished (id, status, attempts, finished_at)
+        SELECT id, status, attempts, finished FROM fill WHERE finished IS NOT NULL;
+    END IF;
+    DROP TABLE fill;
+END;
 $$;
 
 -- `count` users numbered from 0 (`directory_user_<prefix>_<n>`, n zero-padded), user n in
@@ -72,13 +87,21 @@ $$;
 -- directories) finished over the last 29 days, the users they applied, and `expired` of the rows
 -- moved to 31-40 days ago, past the default retention of 30 days.
 CREATE FUNCTION bench.fill_month(prefix text, count bigint, expired bigint)
-RETURNS void LANGUAGE sql AS $$
-    SELECT bench.fill_inbox(prefix, count, 200, now() - interval '29 days', now() - interval '1 minute');
-    SELECT bench.fill_users(prefix, count,
-                            ARRAY(SELECT 'directory_' || prefix || '_' || k FROM generate_series(0, 199) AS k));
-    UPDATE workos.inbox
-    SET finished_at = now() - interval '31 days' - random() * interval '9 days'
-    WHERE id IN (SELECT id FROM workos.inbox WHERE id LIKE 'event_' || prefix || '_%' LIMIT expired);
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM bench.fill_inbox(prefix, count, 200, now() - interval '29 days', now() - interval '1 minute');
+    PERFORM bench.fill_users(prefix, count,
+                             ARRAY(SELECT 'directory_' || prefix || '_' || k FROM generate_series(0, 199) AS k));
+    IF to_regclass('workos.inbox_queue') IS NULL THEN
+        UPDATE workos.inbox
+        SET finished_at = now() - interval '31 days' - random() * interval '9 days'
+        WHERE id IN (SELECT id FROM workos.inbox WHERE id LIKE 'event_' || prefix || '_%' LIMIT expired);
+    ELSE
+        UPDATE workos.inbox_finished
+        SET finished_at = now() - interval '31 days' - random() * interval '9 days'
+        WHERE id IN (SELECT id FROM workos.inbox_finished WHERE id LIKE 'event_' || prefix || '_%' LIMIT expired);
+    END IF;
+END;
 $$;
 
 -- A directory `directory` with `users` users, `groups` groups and each user in

@@ -141,7 +141,7 @@ fresh_database() {
   timeout 60 "$bin" migrate >> "$work/migrate.log" 2>&1
 }
 
-unfinished() { sql "SELECT count(*) FROM workos.inbox WHERE status = 'pending'"; }
+unfinished() { sql "SELECT count(*) FROM workos.inbox_queue"; }
 drained() { [ "$(unfinished)" = 0 ]; }
 
 # acknowledged_ids LOADGEN_JSON ACKED_FILE PREFIX OUT: checks that the load generator saw every
@@ -180,12 +180,12 @@ verify_acknowledged() {
        CREATE TABLE public.acknowledged (id text PRIMARY KEY)"
   psql_ "$DATABASE_URL" -c "\\copy public.acknowledged FROM '$file'"
   local not_done not_applied dead users stored
-  not_done=$(sql "SELECT count(*) FROM public.acknowledged a LEFT JOIN workos.inbox i USING (id)
+  not_done=$(sql "SELECT count(*) FROM public.acknowledged a LEFT JOIN workos.inbox_status i USING (id)
                   WHERE i.status IS DISTINCT FROM 'done'")
   not_applied=$(sql "SELECT count(*) FROM public.acknowledged a WHERE NOT EXISTS (
                        SELECT 1 FROM workos.directory_users u
                        WHERE u.id = replace(a.id, 'event_', 'directory_user_'))")
-  dead=$(sql "SELECT count(*) FROM workos.inbox WHERE status = 'dead'")
+  dead=$(sql "SELECT count(*) FROM workos.inbox_finished WHERE status = 'dead'")
   users=$(sql "SELECT count(*) FROM workos.directory_users")
   stored=$(sql "SELECT count(*) FROM workos.inbox")
   figure acknowledged "$acked"

@@ -31,6 +31,9 @@ use crate::metrics::Metrics;
 /// The channel the inbox trigger notifies on.
 pub const INBOX_CHANNEL: &str = "workos_inbox";
 
+/// How often the first claim loop vacuums the queue while there is work ([`inbox::vacuum_queue`]).
+const QUEUE_VACUUM_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Drains the inbox into a set of handlers.
 #[derive(Clone)]
 pub struct Worker {
@@ -176,6 +179,9 @@ impl Worker {
         // Whether the handlers' steps found work last time, and when they last looked.
         let mut stepping = false;
         let mut last_step: Option<Instant> = None;
+        // Whether the last batch claimed anything, and when the queue was last vacuumed.
+        let mut busy = false;
+        let mut last_vacuum = Instant::now();
         while !shutdown.is_cancelled() {
             if sweeps
                 && sweep.is_none()
@@ -196,6 +202,12 @@ impl Worker {
             if sweeps && (stepping || last_step.is_none_or(|at| at.elapsed() >= poll)) {
                 last_step = Some(Instant::now());
                 stepping = self.step_handlers().await;
+            }
+            if sweeps && busy && last_vacuum.elapsed() >= QUEUE_VACUUM_INTERVAL {
+                last_vacuum = Instant::now();
+                if let Err(error) = inbox::vacuum_queue(&self.pool).await {
+                    tracing::warn!(error = %error, "vacuuming the inbox queue failed");
+                }
             }
             if shutdown.is_cancelled() {
                 break;
@@ -227,6 +239,7 @@ impl Worker {
                     true
                 }
             };
+            busy = !idle;
             // A sweep or steps under way go on at once, however idle the inbox.
             if idle && sweep.is_none() && !stepping {
                 tokio::select! {

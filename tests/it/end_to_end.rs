@@ -33,11 +33,12 @@ async fn changed(listener: &mut PgListener, table: &str, id: &str) -> Value {
 async fn wait_until_finished(pool: &PgPool, id: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let status: String = sqlx::query_scalar("SELECT status FROM workos.inbox WHERE id = $1")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM workos.inbox_status WHERE id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
         if ["done", "ignored", "dead"].contains(&status.as_str()) {
             return;
         }
@@ -117,7 +118,7 @@ async fn users_groups_and_memberships_appear_change_and_go(pool: PgPool) {
     // Nothing changes, so nothing is announced: wait for the row to be finished.
     wait_until_finished(&pool, "event_late_retry").await;
     let statuses: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, status FROM workos.inbox ORDER BY id")
+        sqlx::query_as("SELECT id, status FROM workos.inbox_status ORDER BY id")
             .fetch_all(&pool)
             .await
             .unwrap();

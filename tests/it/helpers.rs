@@ -134,13 +134,24 @@ pub fn user_created(id: &str) -> String {
 
 /// The inbox rows as (id, event, payload text, status).
 pub async fn inbox(pool: &PgPool) -> Vec<(String, String, String, String)> {
-    sqlx::query_as("SELECT id, event, payload::text, status FROM workos.inbox ORDER BY id")
-        .fetch_all(pool)
+    sqlx::query_as(
+        "SELECT s.id, s.event, i.payload, s.status
+         FROM workos.inbox_status AS s JOIN workos.inbox AS i ON i.id = s.id ORDER BY s.id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The URL of the test's own database (the one `pool` connects to).
+/// How many events wait in the queue (one row per unfinished event).
+pub async fn queued(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM workos.inbox_queue")
+        .fetch_one(pool)
         .await
         .unwrap()
 }
 
-/// The URL of the test's own database (the one `pool` connects to).
 pub fn database_url(pool: &PgPool) -> String {
     let options = pool.connect_options();
     format!(

@@ -8,10 +8,12 @@ use sqlx::PgPool;
 
 use crate::helpers::*;
 
+/// Finishes a pending event with `status`, as if after three attempts that failed with "boom".
 async fn set_status(pool: &PgPool, id: &str, status: &str) {
     sqlx::query(
-        "UPDATE workos.inbox SET status = $2, attempts = 3, last_error = 'boom',
-         finished_at = CASE WHEN $2 IN ('done', 'ignored', 'dead') THEN now() END WHERE id = $1",
+        "WITH gone AS (DELETE FROM workos.inbox_queue WHERE id = $1 RETURNING id)
+         INSERT INTO workos.inbox_finished (id, status, attempts, last_error)
+         SELECT id, $2, 3, 'boom' FROM gone",
     )
     .bind(id)
     .bind(status)
@@ -21,7 +23,7 @@ async fn set_status(pool: &PgPool, id: &str, status: &str) {
 }
 
 async fn status_of(pool: &PgPool, id: &str) -> (String, i32) {
-    sqlx::query_as("SELECT status, attempts FROM workos.inbox WHERE id = $1")
+    sqlx::query_as("SELECT status, attempts FROM workos.inbox_status WHERE id = $1")
         .bind(id)
         .fetch_one(pool)
         .await
@@ -111,7 +113,10 @@ async fn inbox_commands_show_and_mend_the_inbox(pool: PgPool) {
             && stdout.contains("\"email\": \"marcelina.davis@example.com\""),
         "{stdout}"
     );
-    // Its turn in the claims: the first of its directory, within its share, so its arrival.
+    // A pending event's turn in the claims: the first of its directory, within its share, so
+    // its arrival.
+    let (ok, stdout, _) = dsyncd(&pool, &["inbox", "show", "event_c"], &[]).await;
+    assert!(ok && stdout.contains("status:       pending"), "{stdout}");
     let turn = stdout
         .lines()
         .find_map(|line| line.strip_prefix("turn_at:"))
@@ -245,7 +250,8 @@ async fn retention_deletes_old_finished_rows_and_keeps_dead_ones(pool: PgPool) {
         set_status(&pool, id, status).await;
     }
     sqlx::query(
-        "UPDATE workos.inbox SET finished_at = now() - interval '31 days' WHERE id LIKE 'old_%'",
+        "UPDATE workos.inbox_finished SET finished_at = now() - interval '31 days'
+         WHERE id LIKE 'old_%'",
     )
     .execute(&pool)
     .await
@@ -254,6 +260,13 @@ async fn retention_deletes_old_finished_rows_and_keeps_dead_ones(pool: PgPool) {
     assert_eq!(worker.sweep().await.unwrap(), 2);
     let left: Vec<String> = inbox(&pool).await.into_iter().map(|row| row.0).collect();
     assert_eq!(left, vec!["new_done", "old_dead", "pending"]);
+    // The expired events' outcomes went with their deliveries.
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM workos.inbox_finished ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outcomes, vec!["new_done", "old_dead"]);
 }
 
 #[sqlx::test]

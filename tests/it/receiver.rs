@@ -64,6 +64,7 @@ async fn a_redelivery_answers_200_and_stores_nothing_more(pool: PgPool) {
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Value>().await.unwrap()["status"], "duplicate");
     assert_eq!(inbox(&pool).await.len(), 1);
+    assert_eq!(queued(&pool).await, 1, "one event to apply, not two");
     app.stop().await;
 }
 
@@ -93,6 +94,7 @@ async fn new_and_stored_events_arriving_together_are_each_answered_for_what_they
     let answer = app.deliver(&user_created("event_mixed_after")).await;
     assert_eq!(answer.json::<Value>().await.unwrap()["status"], "accepted");
     assert_eq!(inbox(&pool).await.len(), 41);
+    assert_eq!(queued(&pool).await, 41);
     app.stop().await;
 }
 

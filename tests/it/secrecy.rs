@@ -149,11 +149,12 @@ async fn secrets_and_directory_data_stay_out_of_logs_and_error_responses(pool: P
 
     let report = worker.run_until_empty().await.unwrap();
     assert_eq!((report.finished, report.failed), (1, 2));
-    let last_errors: Vec<String> =
-        sqlx::query_scalar("SELECT last_error FROM workos.inbox WHERE status = 'dead' ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let last_errors: Vec<String> = sqlx::query_scalar(
+        "SELECT last_error FROM workos.inbox_status WHERE status = 'dead' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert_eq!(last_errors.len(), 2);
     app.stop().await;
 

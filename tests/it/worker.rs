@@ -75,7 +75,7 @@ async fn store(pool: &PgPool, ids: &[&str], event: &str) {
 }
 
 async fn status(pool: &PgPool, id: &str) -> (String, i32, Option<String>) {
-    sqlx::query_as("SELECT status, attempts, last_error FROM workos.inbox WHERE id = $1")
+    sqlx::query_as("SELECT status, attempts, last_error FROM workos.inbox_status WHERE id = $1")
         .bind(id)
         .fetch_one(pool)
         .await
@@ -109,6 +109,38 @@ async fn handled_events_end_done_and_the_rest_ignored(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn vacuuming_the_queue_removes_what_finished_events_left(pool: PgPool) {
+    let ids: Vec<String> = (0..500).map(|n| format!("e{n:03}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    store(&pool, &ids, "dsync.user.created").await;
+    let worker = Worker::new(pool.clone(), config());
+    assert_eq!(worker.run_until_empty().await.unwrap().finished, 500);
+    // The 500 finished events left 500 dead queue rows; the vacuum takes them all.
+    inbox::vacuum_queue(&pool).await.unwrap();
+    let (vacuums, dead): (i64, i64) = sqlx::query_as(
+        "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables
+         WHERE schemaname = 'workos' AND relname = 'inbox_queue'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((vacuums, dead), (1, 0));
+}
+
+#[sqlx::test]
+async fn a_redelivery_of_a_finished_event_is_not_applied_again(pool: PgPool) {
+    prepare(&pool).await;
+    store(&pool, &["e1"], "dsync.user.created").await;
+    let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);
+    assert_eq!(worker.run_until_empty().await.unwrap().finished, 1);
+    // WorkOS retries a delivery whose answer it did not see, however late.
+    store(&pool, &["e1"], "dsync.user.created").await;
+    assert_eq!(worker.run_until_empty().await.unwrap().claimed, 0);
+    assert_eq!(status(&pool, "e1").await, ("done".to_owned(), 1, None));
+    assert_eq!(applied(&pool).await, vec![("e1".to_owned(), 1)]);
+}
+
+#[sqlx::test]
 async fn one_failing_event_holds_back_nothing_and_keeps_none_of_its_effects(pool: PgPool) {
     prepare(&pool).await;
     store(&pool, &["e1", "fail_1", "e2"], "dsync.user.updated").await;
@@ -123,7 +155,7 @@ async fn one_failing_event_holds_back_nothing_and_keeps_none_of_its_effects(pool
     assert_eq!((state.as_str(), attempts), ("pending", 1));
     assert_eq!(error.as_deref(), Some("the downstream service is down"));
     let retry_in: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM available_at - now())::float8 FROM workos.inbox WHERE id = 'fail_1'",
+        "SELECT extract(epoch FROM available_at - now())::float8 FROM workos.inbox_queue WHERE id = 'fail_1'",
     )
     .fetch_one(&pool)
     .await
@@ -219,7 +251,7 @@ async fn claims_take_from_the_end_they_are_asked_for_and_skip_each_others_rows(p
     store(&pool, &["e1", "e2", "e3"], "dsync.user.created").await;
     // Turns one second apart, e1 first.
     sqlx::query(
-        "UPDATE workos.inbox
+        "UPDATE workos.inbox_queue
          SET turn_at = now() - interval '1 minute' + substr(id, 2)::int * interval '1 second'",
     )
     .execute(&pool)
@@ -412,8 +444,9 @@ async fn a_claim_waits_for_one_batch_of_retention_deletes_at_most(pool: PgPool) 
     let ids: Vec<&str> = expired.iter().map(String::as_str).collect();
     store(&pool, &ids, "dsync.user.created").await;
     sqlx::query(
-        "UPDATE workos.inbox SET status = 'done', attempts = 1,
-             finished_at = now() - interval '40 days'",
+        "WITH gone AS (DELETE FROM workos.inbox_queue RETURNING id)
+         INSERT INTO workos.inbox_finished (id, status, attempts, finished_at)
+         SELECT id, 'done', 1, now() - interval '40 days' FROM gone",
     )
     .execute(&pool)
     .await
@@ -428,8 +461,7 @@ async fn a_claim_waits_for_one_batch_of_retention_deletes_at_most(pool: PgPool) 
          FOR EACH STATEMENT EXECUTE FUNCTION log_deletes()",
         "CREATE FUNCTION log_finishes() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN INSERT INTO log (what) VALUES ('finish ' || NEW.id); RETURN NULL; END $$",
-        "CREATE TRIGGER log_finishes AFTER UPDATE ON workos.inbox FOR EACH ROW
-         WHEN (OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL)
+        "CREATE TRIGGER log_finishes AFTER INSERT ON workos.inbox_finished FOR EACH ROW
          EXECUTE FUNCTION log_finishes()",
     ] {
         sqlx::query(statement).execute(&pool).await.unwrap();
@@ -446,7 +478,7 @@ async fn a_claim_waits_for_one_batch_of_retention_deletes_at_most(pool: PgPool) 
     let swept = eventually(Duration::from_secs(20), || async {
         sqlx::query_scalar::<_, bool>(
             "SELECT NOT EXISTS (SELECT FROM workos.inbox WHERE id LIKE 'expired%')
-                AND (SELECT status FROM workos.inbox WHERE id = 'e1') = 'ignored'",
+                AND (SELECT status FROM workos.inbox_status WHERE id = 'e1') = 'ignored'",
         )
         .fetch_one(&pool)
         .await
@@ -481,9 +513,12 @@ async fn retention_deletes_the_oldest_expired_rows_first(pool: PgPool) {
         store(&pool, &ids, "dsync.user.created").await;
     }
     sqlx::query(
-        "UPDATE workos.inbox SET status = 'done', attempts = 1,
-             finished_at = now() - CASE WHEN id LIKE 'older%' THEN interval '50 days'
-                                        ELSE interval '40 days' END",
+        "WITH gone AS (DELETE FROM workos.inbox_queue RETURNING id)
+         INSERT INTO workos.inbox_finished (id, status, attempts, finished_at)
+         SELECT id, 'done', 1,
+                now() - CASE WHEN id LIKE 'older%' THEN interval '50 days'
+                             ELSE interval '40 days' END
+         FROM gone ORDER BY id LIKE 'older%'",
     )
     .execute(&pool)
     .await
@@ -588,7 +623,7 @@ async fn a_directory_sending_past_its_share_is_claimed_after_what_others_send_me
 #[sqlx::test]
 async fn a_claim_walks_the_claim_index_even_when_statistics_say_the_inbox_is_empty(pool: PgPool) {
     // Statistics taken while the inbox was empty (a new deployment), then a burst.
-    sqlx::query("ANALYZE workos.inbox")
+    sqlx::query("ANALYZE workos.inbox, workos.inbox_queue")
         .execute(&pool)
         .await
         .unwrap();
@@ -610,7 +645,7 @@ async fn a_claim_walks_the_claim_index_even_when_statistics_say_the_inbox_is_emp
     assert_eq!(claimed.len(), 1000);
     let fetched: i64 = sqlx::query_scalar(
         "SELECT idx_tup_fetch + seq_tup_read FROM pg_stat_xact_user_tables
-         WHERE schemaname = 'workos' AND relname = 'inbox'",
+         WHERE schemaname = 'workos' AND relname = 'inbox_queue'",
     )
     .fetch_one(&mut *tx)
     .await
@@ -624,15 +659,15 @@ async fn a_claim_walks_the_claim_index_even_when_statistics_say_the_inbox_is_emp
     assert_eq!(sorts, "on");
 }
 
-/// Row versions of the inbox whose `xmax` is a MultiXact (read from its pages).
+/// Row versions of the inbox's queue whose `xmax` is a MultiXact (read from its pages).
 async fn multixact_versions(pool: &PgPool) -> i64 {
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
         .execute(pool)
         .await
         .unwrap();
     sqlx::query_scalar(
-        "SELECT count(*) FROM generate_series(0, pg_relation_size('workos.inbox') / 8192 - 1) AS page,
-             heap_page_items(get_raw_page('workos.inbox', page::int))
+        "SELECT count(*) FROM generate_series(0, pg_relation_size('workos.inbox_queue') / 8192 - 1) AS page,
+             heap_page_items(get_raw_page('workos.inbox_queue', page::int))
          WHERE t_infomask & 4096 <> 0", // HEAP_XMAX_IS_MULTI
     )
     .fetch_one(pool)
@@ -642,10 +677,10 @@ async fn multixact_versions(pool: &PgPool) -> i64 {
 
 #[sqlx::test]
 async fn finishing_events_leaves_no_multixact_on_their_rows(pool: PgPool) {
-    // A row locked by the claim and updated in a savepoint, or after a rollback to one (which
-    // leaves it open), gets a MultiXact for its `xmax`: one more to freeze, and a dead version
-    // that index scans cannot tell is dead, so that every claim walks past its entry in the
-    // claim index again (BENCHMARKS.md, "Scale").
+    // A queue row locked by the claim and deleted in a savepoint, or after a rollback to one
+    // (which leaves it open), gets a MultiXact for its `xmax`: one more to freeze, and a dead
+    // version that index scans cannot tell is dead, so that every claim walks past its entry in
+    // the claim index again (BENCHMARKS.md, "Scale").
     prepare(&pool).await;
     store(&pool, &["e1", "e2"], "dsync.user.created").await;
     let worker = Worker::new(pool.clone(), config()).with_handler(Recorder);

@@ -112,10 +112,11 @@ pub async fn run(config: &Config, command: InboxCommand) -> anyhow::Result<()> {
             println!("source:       {}", summary.source);
             println!("attempts:     {}", summary.attempts);
             println!("received_at:  {}", summary.received_at.to_rfc3339());
-            println!("available_at: {}", row.available_at.to_rfc3339());
-            println!("turn_at:      {}", row.turn_at.to_rfc3339());
-            let finished = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
-            println!("finished_at:  {finished}");
+            let time =
+                |time: Option<DateTime<Utc>>| time.map(|t| t.to_rfc3339()).unwrap_or_default();
+            println!("available_at: {}", time(row.available_at));
+            println!("turn_at:      {}", time(row.turn_at));
+            println!("finished_at:  {}", time(row.finished_at));
             println!(
                 "last_error:   {}",
                 summary.last_error.as_deref().unwrap_or("")
