@@ -18,9 +18,9 @@
 //! each directory they write under (see [`lock_directories`]).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{Executor, PgConnection};
 
-use super::model::{DirectoryRow, GroupRow, MembershipRow, RawJson, UserRow};
+use super::model::{DirectoryRow, EventKind, GroupRow, MembershipRow, RawJson, UserRow};
 use super::plan::Tombstone;
 
 /// The first key of the advisory locks taken on directories, to keep them apart from other
@@ -172,6 +172,12 @@ pub(crate) async fn upsert_directories(
 /// written at the user's tombstone's time (the earliest of its deletions); a user of a deleted
 /// directory is written deleted whatever its snapshot, at the earlier of the two tombstones:
 /// the cascade would have deleted it, had the user been there first.
+///
+/// A batch of `dsync.user.created` snapshots only (a directory's first sync) is first
+/// inserted without the conflict rule, in a savepoint: a plain insert skips the speculative
+/// insertion that `ON CONFLICT` makes of every row (the check for a conflict, a lock and a
+/// second WAL record each). If one of them is stored already (a redelivery, a replay), the
+/// insert fails on the primary key, is rolled back, and the batch is upserted.
 pub(crate) async fn upsert_users(
     conn: &mut PgConnection,
     rows: &[UserRow],
@@ -202,8 +208,11 @@ pub(crate) async fn upsert_users(
     let deleted = column(rows, |row| row.deletion.is_some());
     let last_event_ids = column(rows, |row| row.last_event_id.as_str());
     let last_events = column(rows, |row| row.last_event.event_type());
-    let changed = sqlx::query!(
-        r#"
+    // One statement, with or without the conflict rule: the rows' `INSERT` is the same.
+    macro_rules! write {
+        ($on_conflict:literal) => {
+            sqlx::query!(
+                r#"
         INSERT INTO workos.directory_users AS u (
             id, directory_id, organization_id, idp_id, email, first_name, last_name, name,
             username, job_title, state, emails, role, roles, custom_attributes, raw_attributes,
@@ -230,6 +239,65 @@ pub(crate) async fn upsert_users(
             username, job_title, state, emails, role, roles, custom_attributes, raw_attributes,
             created_at, updated_at, deleted, last_event_id, last_event
         )
+        "# + $on_conflict + r#"
+        RETURNING u.id, u.directory_id, u.deleted_at
+        "#,
+                &ids as &[&str],
+                &directory_ids as &[&str],
+                &organization_ids as &[Option<&str>],
+                &idp_ids as &[Option<&str>],
+                &emails as &[Option<&str>],
+                &first_names as &[Option<&str>],
+                &last_names as &[Option<&str>],
+                &names as &[Option<&str>],
+                &usernames as &[Option<&str>],
+                &job_titles as &[Option<&str>],
+                &states as &[Option<&str>],
+                &email_lists as &[Option<&str>],
+                &roles as &[Option<&str>],
+                &role_lists as &[Option<String>],
+                &custom_attributes as &[Option<&str>],
+                &raw_attributes as &[Option<&str>],
+                &created_ats as &[Option<DateTime<Utc>>],
+                &updated_ats,
+                &deleted,
+                &last_event_ids as &[&str],
+                &last_events as &[&str],
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|row| Change {
+                        row: ChangedRow::User {
+                            id: row.id,
+                            directory_id: row.directory_id,
+                        },
+                        deleted: row.deleted_at.is_some(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+    }
+    if rows
+        .iter()
+        .all(|row| row.last_event == EventKind::UserCreated)
+    {
+        conn.execute("SAVEPOINT new_users").await?;
+        match write!("") {
+            Ok(changed) => {
+                conn.execute("RELEASE SAVEPOINT new_users").await?;
+                return Ok(changed);
+            }
+            Err(error) if is_unique_violation(&error) => {
+                conn.execute("ROLLBACK TO SAVEPOINT new_users; RELEASE SAVEPOINT new_users")
+                    .await?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    write!(
+        r#"
         ON CONFLICT (id) DO UPDATE SET
             directory_id = EXCLUDED.directory_id,
             organization_id = EXCLUDED.organization_id,
@@ -254,42 +322,15 @@ pub(crate) async fn upsert_users(
             synced_at = now()
         WHERE (EXCLUDED.updated_at, workos.event_rank(EXCLUDED.last_event), EXCLUDED.last_event_id)
             > (u.updated_at, workos.event_rank(u.last_event), u.last_event_id)
-        RETURNING u.id, u.directory_id, u.deleted_at
-        "#,
-        &ids as &[&str],
-        &directory_ids as &[&str],
-        &organization_ids as &[Option<&str>],
-        &idp_ids as &[Option<&str>],
-        &emails as &[Option<&str>],
-        &first_names as &[Option<&str>],
-        &last_names as &[Option<&str>],
-        &names as &[Option<&str>],
-        &usernames as &[Option<&str>],
-        &job_titles as &[Option<&str>],
-        &states as &[Option<&str>],
-        &email_lists as &[Option<&str>],
-        &roles as &[Option<&str>],
-        &role_lists as &[Option<String>],
-        &custom_attributes as &[Option<&str>],
-        &raw_attributes as &[Option<&str>],
-        &created_ats as &[Option<DateTime<Utc>>],
-        &updated_ats,
-        &deleted,
-        &last_event_ids as &[&str],
-        &last_events as &[&str],
+"#
     )
-    .fetch_all(conn)
-    .await?;
-    Ok(changed
-        .into_iter()
-        .map(|row| Change {
-            row: ChangedRow::User {
-                id: row.id,
-                directory_id: row.directory_id,
-            },
-            deleted: row.deleted_at.is_some(),
-        })
-        .collect())
+}
+
+/// Whether `error` is an insert finding its key stored already.
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
 }
 
 /// Upserts group snapshots (one per id), like [`upsert_users`].

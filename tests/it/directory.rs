@@ -218,6 +218,40 @@ async fn a_duplicate_changes_nothing(pool: PgPool) -> anyhow::Result<()> {
 }
 
 #[sqlx::test]
+async fn a_batch_of_new_users_holding_one_already_stored_is_applied_whole(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    // A first sync's batch is inserted without the conflict rule; one user stored already (a
+    // redelivery) sends it back through the upsert, which must still store the others.
+    let created = Body::example("dsync.user.created");
+    apply(&pool, &[created.event()]).await?;
+    let first = user(&pool, USER).await?.unwrap();
+    let new_user = |n: u32| {
+        created
+            .clone()
+            .id(&format!("event_new_{n}"))
+            .set("/data/id", format!("directory_user_new_{n}"))
+            .event()
+    };
+    apply(&pool, &[new_user(1), created.event(), new_user(2)]).await?;
+    assert_eq!(user(&pool, USER).await?.unwrap(), first);
+    for n in [1, 2] {
+        let row = user(&pool, &format!("directory_user_new_{n}")).await?;
+        assert_eq!(
+            row.map(|row| row.last_event_id),
+            Some(format!("event_new_{n}"))
+        );
+    }
+    // And a batch of new users only, inserted as they are.
+    apply(&pool, &[new_user(3), new_user(4)]).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM workos.directory_users")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(stored, 5);
+    Ok(())
+}
+
+#[sqlx::test]
 async fn a_deleted_user_is_not_revived_by_an_event_that_is_not_strictly_newer(
     pool: PgPool,
 ) -> anyhow::Result<()> {
