@@ -2,8 +2,6 @@
 //! error responses or `last_error`, not into the `Debug` output of the configuration or the
 //! verifier.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dsyncd::config::{Config, Secret};
@@ -11,50 +9,11 @@ use dsyncd::signature::Verifier;
 use dsyncd::{Role, Service};
 use serde_json::json;
 use sqlx::PgPool;
-use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::helpers::*;
 
 /// An address that appears only in the bodies this test sends.
 const EMAIL: &str = "ada.secrecy.7731@example.com";
-
-/// Everything the subscriber writes, shared with the test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-/// Captures everything logged on this thread, at every level, while the guard lives.
-fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
-    // Another test's thread may have met a callsite first, while no subscriber wanted it, and
-    // tracing caches that "never": recompute every callsite's interest with this one in place.
-    tracing::callsite::rebuild_interest_cache();
-    (captured, guard)
-}
 
 /// A `dsync.user.created` carrying [`EMAIL`], with `data` changed by `edit`.
 fn user_event(id: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {

@@ -128,6 +128,30 @@ async fn vacuuming_the_queue_removes_what_finished_events_left(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_vacuum_of_the_queue_skipped_for_another_logs_nothing(pool: PgPool) {
+    // Another worker's vacuum (or autovacuum) holds the queue: this one is skipped, quietly.
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE workos.inbox_queue IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let (captured, _logging) = capture_logs();
+    inbox::vacuum_queue(&pool).await.unwrap();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let logs = captured.text();
+    assert!(!logs.contains("WARN") && !logs.contains("skipping"), "{logs}");
+    // The connection goes back to the pool with Postgres's notices as before.
+    let level: String = sqlx::query_scalar("SHOW client_min_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(level, "notice");
+}
+
+#[sqlx::test]
 async fn a_redelivery_of_a_finished_event_is_not_applied_again(pool: PgPool) {
     prepare(&pool).await;
     store(&pool, &["e1"], "dsync.user.created").await;
