@@ -307,7 +307,9 @@ pub async fn vacuum_queue(pool: &PgPool) -> Result<(), sqlx::Error> {
     // as a WARNING, which sqlx would log as one: not for the operators' logs. Utility
     // statements, each on its own (`VACUUM` cannot share a transaction with the `SET`).
     conn.execute("SET client_min_messages = error").await?;
-    let vacuumed = conn.execute("VACUUM (SKIP_LOCKED) workos.inbox_queue").await;
+    let vacuumed = conn
+        .execute("VACUUM (SKIP_LOCKED) workos.inbox_queue")
+        .await;
     conn.execute("RESET client_min_messages").await?;
     vacuumed?;
     Ok(())

@@ -142,7 +142,10 @@ async fn a_vacuum_of_the_queue_skipped_for_another_logs_nothing(pool: PgPool) {
         .await
         .unwrap();
     let logs = captured.text();
-    assert!(!logs.contains("WARN") && !logs.contains("skipping"), "{logs}");
+    assert!(
+        !logs.contains("WARN") && !logs.contains("skipping"),
+        "{logs}"
+    );
     // The connection goes back to the pool with Postgres's notices as before.
     let level: String = sqlx::query_scalar("SHOW client_min_messages")
         .fetch_one(&pool)
