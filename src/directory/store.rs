@@ -209,7 +209,7 @@ pub(crate) async fn upsert_users(
     let last_event_ids = column(rows, |row| row.last_event_id.as_str());
     let last_events = column(rows, |row| row.last_event.event_type());
     // One statement, with or without the conflict rule: the rows' `INSERT` is the same.
-    macro_rules! write {
+    macro_rules! insert_users {
         ($on_conflict:literal) => {
             sqlx::query!(
                 r#"
@@ -284,7 +284,7 @@ pub(crate) async fn upsert_users(
         .all(|row| row.last_event == EventKind::UserCreated)
     {
         conn.execute("SAVEPOINT new_users").await?;
-        match write!("") {
+        match insert_users!("") {
             Ok(changed) => {
                 conn.execute("RELEASE SAVEPOINT new_users").await?;
                 return Ok(changed);
@@ -296,7 +296,7 @@ pub(crate) async fn upsert_users(
             Err(error) => return Err(error),
         }
     }
-    write!(
+    insert_users!(
         r#"
         ON CONFLICT (id) DO UPDATE SET
             directory_id = EXCLUDED.directory_id,
