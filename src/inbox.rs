@@ -68,7 +68,8 @@ pub async fn insert(
 
 /// Inserts deliveries that are all new, like [`insert`] but without its check for stored
 /// ones, which costs Postgres about a sixth of the insert. If one is already stored, the
-/// statement fails with a unique violation ([`is_duplicate`]) and stores nothing.
+/// statement fails with a unique violation ([`crate::db::is_unique_violation`]) and stores
+/// nothing.
 pub(crate) async fn insert_new(
     pool: &PgPool,
     deliveries: &[&NewDelivery],
@@ -124,13 +125,6 @@ pub async fn insert_from_events_api(
     )
     .fetch_all(conn)
     .await
-}
-
-/// Whether `error` is [`insert_new`] finding a delivery already stored.
-pub(crate) fn is_duplicate(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|error| error.is_unique_violation())
 }
 
 type Columns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::db;
 use crate::inbox::{self, NewDelivery};
 use crate::metrics::Metrics;
 
@@ -292,7 +293,7 @@ enum InsertError {
 
 impl InsertError {
     fn classify(error: sqlx::Error) -> InsertError {
-        if inbox::is_duplicate(&error) {
+        if db::is_unique_violation(&error) {
             return InsertError::Duplicate;
         }
         // SQLSTATE class 22 (data exception) and 54 (program limit, e.g. nesting) are about the

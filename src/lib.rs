@@ -14,6 +14,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+mod db;
 pub mod directory;
 pub mod envelope;
 pub mod handler;

@@ -20,6 +20,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Executor, PgConnection};
 
+use crate::db;
+
 use super::model::{DirectoryRow, EventKind, GroupRow, MembershipRow, RawJson, UserRow};
 use super::plan::Tombstone;
 
@@ -289,7 +291,7 @@ pub(crate) async fn upsert_users(
                 conn.execute("RELEASE SAVEPOINT new_users").await?;
                 return Ok(changed);
             }
-            Err(error) if is_unique_violation(&error) => {
+            Err(error) if db::is_unique_violation(&error) => {
                 conn.execute("ROLLBACK TO SAVEPOINT new_users; RELEASE SAVEPOINT new_users")
                     .await?;
             }
@@ -324,13 +326,6 @@ pub(crate) async fn upsert_users(
             > (u.updated_at, workos.event_rank(u.last_event), u.last_event_id)
 "#
     )
-}
-
-/// Whether `error` is an insert finding its key stored already.
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|error| error.is_unique_violation())
 }
 
 /// Upserts group snapshots (one per id), like [`upsert_users`].
