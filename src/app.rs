@@ -155,6 +155,10 @@ impl Service {
     /// group-commit writer, which stops once the router is dropped. `/metrics` is
     /// [`Service::metrics_router`].
     pub fn router(&self) -> Router {
+        self.receiver().router()
+    }
+
+    fn receiver(&self) -> Receiver {
         let (ingest, _writer) =
             Ingest::start(self.pool.clone(), &self.config, self.metrics.clone());
         let verifier = Verifier::new(&self.config.webhook.secrets, self.config.tolerance());
@@ -163,9 +167,9 @@ impl Service {
             ingest,
             self.pool.clone(),
             self.config.server.body_limit_bytes,
+            Duration::from_millis(self.config.server.request_timeout_ms),
             self.metrics.clone(),
         )
-        .router()
     }
 
     /// The read API's routes (`GET /directories`, `/directory_users`, `/directory_groups`),
@@ -201,11 +205,9 @@ impl Service {
         self.check_schema().await?;
         tracing::info!(address = %listener.local_addr()?, ?role, "dsyncd listening");
 
-        let mut router = if role.receives() {
-            self.router()
-        } else {
-            Receiver::health_router(self.pool.clone())
-        };
+        // The webhook route is merged after the layers (`layers`), which it does without.
+        let webhook = role.receives().then(|| self.receiver().webhook_router());
+        let mut router = Receiver::health_router(self.pool.clone());
         let metrics = self.metrics_router();
         let admin = match self.config.server.metrics_listen {
             Some(address) => {
@@ -232,7 +234,11 @@ impl Service {
                 None => router = router.merge(api),
             }
         }
-        let main = self.serve(listener, self.layers(router), &shutdown).await?;
+        let mut router = self.layers(router);
+        if let Some(webhook) = webhook {
+            router = router.merge(webhook);
+        }
+        let main = self.serve(listener, router, &shutdown).await?;
         let worker = role
             .works()
             .then(|| tokio::spawn(self.worker().run(shutdown.clone())));
@@ -311,7 +317,8 @@ impl Service {
         self.layers_with(router, crate::receiver::not_found)
     }
 
-    /// The timeout and trace layers, with `fallback` for paths that are not routes.
+    /// The timeout and trace layers, with `fallback` for paths that are not routes. (The
+    /// webhook route has its own: `receiver`.)
     fn layers_with<H, T>(&self, router: Router, fallback: H) -> Router
     where
         H: axum::handler::Handler<T, ()>,

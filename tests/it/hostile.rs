@@ -956,6 +956,13 @@ async fn slow_and_short_bodies_are_cut_off_by_the_request_timeout(pool: PgPool) 
         app.deliver(&user_created("event_on_time")).await.status(),
         200
     );
+    // Each cut-off delivery is counted, as every other rejection is.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let line = "dsyncd_deliveries_total{outcome=\"timeout\"} 2";
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "missing `{line}` in:\n{metrics}"
+    );
     app.stop().await;
 }
 
